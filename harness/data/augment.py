@@ -1,0 +1,464 @@
+"""Augmentations applied to whole batches on the training device, random per sample.
+
+An augmentation is a callable `(x uint8 [B,3,H,W], y, generator) -> Batch`. Names compose
+with '+': 'standard+cutout' runs standard, then cutout. Every sample draws its own crop,
+flip, operations and magnitudes from the generator. Mixing augmentations (mixup, cutmix)
+pair each sample with a random partner and return the partner's label and the mixing
+weight, one per batch as in the papers; the trainer mixes the two losses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.registry import ConfigError, Registry
+
+AUGMENTATIONS: Registry = Registry("augmentation")
+
+
+@dataclass
+class Batch:
+    """Images after augmentation, the labels, and for mixing augmentations a second label."""
+    x: torch.Tensor
+    y: torch.Tensor
+    y2: torch.Tensor | None = None
+    lam: float = 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# random numbers from the trainer's generator, on the images' device
+
+def _uniform(n: int, g: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=g.device).to(device)
+
+
+def _randint(high: int, n: int, g: torch.Generator, device) -> torch.Tensor:
+    return torch.randint(high, (n,), generator=g, device=g.device).to(device)
+
+
+def _beta(alpha: float, g: torch.Generator) -> float:
+    """One draw of Beta(alpha, alpha), reproducible from the generator."""
+    seed = int(torch.randint(2 ** 62, (1,), generator=g, device=g.device))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------------------
+# geometry
+
+def random_crop(x: torch.Tensor, pad: int, g: torch.Generator, flip: bool = False) -> torch.Tensor:
+    """Zero-pad by `pad` and take a random crop of the original size, per sample; with `flip`,
+    a random half of the crops are mirrored in the same gather."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    wp = w + 2 * pad
+    dy = (_uniform(b, g, x.device) * (2 * pad + 1)).long()
+    dx = (_uniform(b, g, x.device) * (2 * pad + 1)).long()
+    cols = torch.arange(w, device=x.device).expand(b, w)
+    if flip:
+        cols = torch.where((_uniform(b, g, x.device) < 0.5)[:, None], w - 1 - cols, cols)
+    rows = torch.arange(h, device=x.device)[None, :] + dy[:, None]
+    idx = (rows[:, :, None] * wp + (cols + dx[:, None])[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return padded.view(b, c, -1).gather(2, idx).view(b, c, h, w)
+
+
+def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale=(0.08, 1.0),
+                        ratio=(3 / 4, 4 / 3), flip: bool = False) -> torch.Tensor:
+    """Per sample, a box of random area and aspect ratio resized back to the full size
+    (bilinear); with `flip`, a random half of them mirrored in the same pass."""
+    b, _, h, w = x.shape
+    area = (_uniform(b, g, x.device) * (scale[1] - scale[0]) + scale[0]) * h * w
+    log_r = _uniform(b, g, x.device) * (math.log(ratio[1]) - math.log(ratio[0])) + math.log(ratio[0])
+    bw = (area * log_r.exp()).sqrt().round().clamp(1, w)  # box size in whole pixels
+    bh = (area / log_r.exp()).sqrt().round().clamp(1, h)
+    left = (_uniform(b, g, x.device) * (w - bw + 1)).floor()
+    top = (_uniform(b, g, x.device) * (h - bh + 1)).floor()
+    mirror = _uniform(b, g, x.device) < 0.5 if flip else torch.zeros(b, dtype=torch.bool, device=x.device)
+    if x.device.type == "cpu":
+        return resize_each(x, top, left, bh, bw, mirror)
+    return resample_all(x, top, left, bh, bw, mirror)
+
+
+def resize_each(x, top, left, bh, bw, mirror) -> torch.Tensor:
+    """The boxes resized one by one: on the CPU torch's uint8 bilinear resize beats a gather."""
+    out = torch.empty_like(x)
+    size = x.shape[-2:]
+    for i, (t, l, hh, ww, m) in enumerate(zip(*(v.tolist() for v in (top, left, bh, bw, mirror)))):
+        crop = x[i:i + 1, :, int(t):int(t + hh), int(l):int(l + ww)]
+        resized = F.interpolate(crop, size=size, mode="bilinear", align_corners=False)[0]
+        out[i] = resized.flip(-1) if m else resized
+    return out
+
+
+def _clamp_to_box(pos: torch.Tensor, start: torch.Tensor, length: torch.Tensor, size: int) -> torch.Tensor:
+    """Normalised positions [b, n] kept within the centres of the box's first and last pixels."""
+    lo = ((2 * start + 1) / size - 1)[:, None]
+    hi = ((2 * (start + length) - 1) / size - 1)[:, None]
+    return torch.minimum(torch.maximum(pos, lo), hi)
+
+
+def resample_all(x, top, left, bh, bw, mirror) -> torch.Tensor:
+    """The boxes resized in one grid_sample over the batch (the GPU path)."""
+    b, _, h, w = x.shape
+    xs = (torch.arange(w, device=x.device) * 2 + 1) / w - 1  # output pixel centres in [-1, 1]
+    ys = (torch.arange(h, device=x.device) * 2 + 1) / h - 1
+    sx = torch.where(mirror, -bw / w, bw / w)
+    gx = _clamp_to_box(((2 * left + bw) / w - 1)[:, None] + sx[:, None] * xs, left, bw, w)
+    gy = _clamp_to_box(((2 * top + bh) / h - 1)[:, None] + (bh / h)[:, None] * ys, top, bh, h)
+    grid = torch.stack([gx.view(b, 1, w).expand(b, h, w), gy.view(b, h, 1).expand(b, h, w)], -1)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", align_corners=False)
+    return out.add_(0.5).to(torch.uint8)  # in 0..255 already: round half up
+
+
+# ---------------------------------------------------------------------------------------
+# the operations of AutoAugment and RandAugment, batched: x uint8 [b,3,H,W], m float [b]
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """factor * a + (1 - factor) * b, per sample, back to uint8."""
+    f = factor.view(-1, 1, 1, 1)
+    return _to_uint8(f * a + (1 - f) * b)
+
+
+def _affine(x: torch.Tensor, a, b_, c, d, tx, ty) -> torch.Tensor:
+    """Nearest-neighbour affine about the centre, per sample: [a b; c d] and (tx, ty) in pixels."""
+    h, w = x.shape[-2:]
+    theta = torch.stack([torch.stack([a, b_ * h / w, -2 * tx / w], 1),
+                         torch.stack([c * w / h, d, -2 * ty / h], 1)], 1)
+    grid = F.affine_grid(theta.to(torch.float32), list(x.shape), align_corners=False)
+    return _to_uint8(F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False))
+
+
+def op_identity(x, m):
+    return x
+
+
+def op_shear_x(x, m):
+    one, zero = torch.ones_like(m), torch.zeros_like(m)
+    return _affine(x, one, m, zero, one, zero, zero)
+
+
+def op_shear_y(x, m):
+    one, zero = torch.ones_like(m), torch.zeros_like(m)
+    return _affine(x, one, zero, m, one, zero, zero)
+
+
+def op_translate_x(x, m):
+    one, zero = torch.ones_like(m), torch.zeros_like(m)
+    return _affine(x, one, zero, zero, one, m, zero)
+
+
+def op_translate_y(x, m):
+    one, zero = torch.ones_like(m), torch.zeros_like(m)
+    return _affine(x, one, zero, zero, one, zero, m)
+
+
+def op_rotate(x, m):
+    r = torch.deg2rad(m)
+    zero = torch.zeros_like(m)
+    return _affine(x, r.cos(), -r.sin(), r.sin(), r.cos(), zero, zero)
+
+
+def op_brightness(x, m):
+    return _blend(x.float(), torch.zeros_like(x, dtype=torch.float32), 1 + m)
+
+
+def op_color(x, m):
+    x = x.float()
+    return _blend(x, _gray(x).expand_as(x), 1 + m)
+
+
+def op_contrast(x, m):
+    x = x.float()
+    return _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True).expand_as(x), 1 + m)
+
+
+def op_sharpness(x, m):
+    """Blend with a 3x3 smoothed copy (the border pixels kept), as PIL does."""
+    xf = x.float()
+    kernel = torch.ones(3, 1, 3, 3, device=x.device)
+    kernel[:, :, 1, 1] = 5
+    smooth = _to_uint8(F.conv2d(xf, kernel / 13, groups=3)).float()
+    out = xf.clone()
+    out[:, :, 1:-1, 1:-1] = smooth
+    return _blend(xf, out, 1 + m)
+
+
+def op_posterize(x, m):
+    """Keep the top `m` bits of every channel."""
+    mask = (256 - 2 ** (8 - m.round().long())).to(torch.uint8)
+    return x & mask.view(-1, 1, 1, 1)
+
+
+def op_solarize(x, m):
+    """Invert the pixels at or above threshold m."""
+    return torch.where(x.float() >= m.view(-1, 1, 1, 1), 255 - x, x)
+
+
+def op_autocontrast(x, m):
+    """Stretch each channel to 0..255."""
+    lo = x.amin(dim=(2, 3), keepdim=True).float()
+    hi = x.amax(dim=(2, 3), keepdim=True).float()
+    scale = torch.where(hi > lo, 255 / (hi - lo).clamp(min=1), torch.ones_like(hi))
+    lo = torch.where(hi > lo, lo, torch.zeros_like(lo))
+    return _to_uint8((x.float() - lo) * scale)
+
+
+def op_equalize(x, m):
+    """Histogram equalisation of each channel (PIL's ImageOps.equalize)."""
+    b, c, h, w = x.shape
+    flat = x.reshape(b * c, h * w).long()
+    hist = torch.zeros(b * c, 256, device=x.device, dtype=torch.long).scatter_add_(1, flat, torch.ones_like(flat))
+    last = 255 - (hist > 0).flip(1).long().argmax(1, keepdim=True)
+    step = (hist.sum(1, keepdim=True) - hist.gather(1, last)) // 255
+    lut = (hist.cumsum(1) + step // 2) // step.clamp(min=1)
+    lut = torch.cat([torch.zeros_like(lut[:, :1]), lut[:, :-1]], 1).clamp(0, 255)
+    lut = torch.where(step > 0, lut, torch.arange(256, device=x.device).expand_as(lut))
+    return lut.gather(1, flat).to(torch.uint8).reshape(b, c, h, w)
+
+
+def op_invert(x, m):
+    return 255 - x
+
+
+def magnitudes(num_bins: int, size: int) -> dict:
+    """Per operation: (its function, magnitude of each bin, whether the sign is random)."""
+    def lin(hi: float) -> torch.Tensor:
+        return torch.linspace(0.0, hi, num_bins)
+
+    none = torch.zeros(num_bins)
+    return {
+        "Identity": (op_identity, none, False),
+        "ShearX": (op_shear_x, lin(0.3), True),
+        "ShearY": (op_shear_y, lin(0.3), True),
+        "TranslateX": (op_translate_x, lin(150.0 / 331.0 * size), True),
+        "TranslateY": (op_translate_y, lin(150.0 / 331.0 * size), True),
+        "Rotate": (op_rotate, lin(30.0), True),
+        "Brightness": (op_brightness, lin(0.9), True),
+        "Color": (op_color, lin(0.9), True),
+        "Contrast": (op_contrast, lin(0.9), True),
+        "Sharpness": (op_sharpness, lin(0.9), True),
+        "Posterize": (op_posterize, 8 - (torch.arange(num_bins) / ((num_bins - 1) / 4)).round(), False),
+        "Solarize": (op_solarize, torch.linspace(255.0, 0.0, num_bins), False),
+        "AutoContrast": (op_autocontrast, none, False),
+        "Equalize": (op_equalize, none, False),
+        "Invert": (op_invert, none, False),
+    }
+
+
+def apply_ops(x: torch.Tensor, names: list[str], which: torch.Tensor, mags: torch.Tensor,
+              signed: torch.Tensor, table: dict, g: torch.Generator) -> torch.Tensor:
+    """Sample i gets operation names[which[i]] at magnitude mags[i] (which < 0: nothing)."""
+    flip = _uniform(len(x), g, x.device) < 0.5
+    mags = torch.where(signed & flip, -mags, mags)
+    out = x.clone()
+    for k, name in enumerate(names):
+        idx = (which == k).nonzero().squeeze(1)
+        if len(idx):
+            out.index_copy_(0, idx, table[name][0](x.index_select(0, idx), mags.index_select(0, idx)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# the registered augmentations
+
+@AUGMENTATIONS.register("none")
+class NoAug:
+    """Images as they are."""
+
+    def __call__(self, batch: Batch, g: torch.Generator) -> Batch:
+        return batch
+
+
+@AUGMENTATIONS.register("standard")
+class Standard:
+    """Up to 32x32: pad-4 random crop and horizontal flip (the CIFAR recipe); larger images:
+    random-resized-crop (area fraction `scale`, aspect `ratio`) and flip (the ImageNet recipe)."""
+
+    def __init__(self, pad: int = 4, scale: tuple = (0.08, 1.0), ratio: tuple = (3 / 4, 4 / 3), small: int = 32):
+        self.pad, self.scale, self.ratio, self.small = pad, tuple(scale), tuple(ratio), small
+
+    def __call__(self, batch: Batch, g: torch.Generator) -> Batch:
+        x = batch.x
+        if x.shape[-1] <= self.small:
+            batch.x = random_crop(x, self.pad, g, flip=True)
+        else:
+            batch.x = random_resized_crop(x, g, self.scale, self.ratio, flip=True)
+        return batch
+
+
+@AUGMENTATIONS.register("autoaugment")
+class AutoAugment:
+    """AutoAugment's learned policy: per sample one of 25 sub-policies of two operations.
+    policy: cifar10, imagenet, svhn, or auto (cifar10 up to 32x32, imagenet above)."""
+
+    def __init__(self, policy: str = "auto"):
+        if policy not in ("auto", "cifar10", "imagenet", "svhn"):
+            raise ConfigError(f"autoaugment policy must be auto, cifar10, imagenet or svhn, got {policy!r}")
+        self.policy = policy
+        self._tables: dict = {}
+
+    def _table(self, size: int, device):
+        """(operation names, op index [25, 2], probability [25, 2], magnitude [25, 2], signed [25, 2])."""
+        if (size, device) not in self._tables:
+            import torchvision.transforms as T
+            name = self.policy if self.policy != "auto" else ("cifar10" if size <= 32 else "imagenet")
+            policies = T.AutoAugment(T.AutoAugmentPolicy(name)).policies
+            table = magnitudes(10, size)
+            names = sorted({op for sub in policies for op, _, _ in sub})
+
+            def cell(f) -> torch.Tensor:
+                return torch.tensor([[f(op) for op in sub] for sub in policies], device=device)
+
+            ops = cell(lambda op: names.index(op[0]))
+            prob = cell(lambda op: float(op[1]))
+            mag = cell(lambda op: float(table[op[0]][1][op[2]]) if op[2] is not None else 0.0)
+            signed = cell(lambda op: table[op[0]][2])
+            self._tables[(size, device)] = (names, ops, prob, mag, signed, table)
+        return self._tables[(size, device)]
+
+    def __call__(self, batch: Batch, g: torch.Generator) -> Batch:
+        x = batch.x
+        names, ops, prob, mag, signed, table = self._table(x.shape[-1], x.device)
+        sub = _randint(len(ops), len(x), g, x.device)
+        for j in range(2):
+            which = torch.where(_uniform(len(x), g, x.device) < prob[sub, j], ops[sub, j], -1)
+            x = apply_ops(x, names, which, mag[sub, j], signed[sub, j], table, g)
+        batch.x = x
+        return batch
+
+
+@AUGMENTATIONS.register("randaugment")
+class RandAugment:
+    """RandAugment: per sample `num_ops` operations drawn uniformly, at bin `magnitude` of
+    `num_bins`, each with a random sign."""
+    OPS = ["Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness",
+           "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize"]
+
+    def __init__(self, num_ops: int = 2, magnitude: int = 9, num_bins: int = 31):
+        if not 0 <= magnitude < num_bins:
+            raise ConfigError(f"randaugment magnitude must be in 0..{num_bins - 1}, got {magnitude}")
+        self.num_ops, self.magnitude, self.num_bins = num_ops, magnitude, num_bins
+
+    def __call__(self, batch: Batch, g: torch.Generator) -> Batch:
+        x = batch.x
+        table = magnitudes(self.num_bins, x.shape[-1])
+        mag = torch.tensor([float(table[n][1][self.magnitude]) for n in self.OPS], device=x.device)
+        signed = torch.tensor([table[n][2] for n in self.OPS], device=x.device)
+        for _ in range(self.num_ops):
+            which = _randint(len(self.OPS), len(x), g, x.device)
+            x = apply_ops(x, self.OPS, which, mag[which], signed[which], table, g)
+        batch.x = x
+        return batch
+
+
+@AUGMENTATIONS.register("cutout")
+class Cutout:
+    """Per sample, zero a `size` x `size` square at a random centre (clipped at the border);
+    size defaults to half the image side (16 px on CIFAR)."""
+
+    def __init__(self, size: int | None = None):
+        self.size = size
+
+    def __call__(self, batch: Batch, g: torch.Generator) -> Batch:
+        x = batch.x
+        b, _, h, w = x.shape
+        size = self.size or h // 2
+        top = (_uniform(b, g, x.device) * h).long()[:, None, None] - size // 2
+        left = (_uniform(b, g, x.device) * w).long()[:, None, None] - size // 2
+        rows = torch.arange(h, device=x.device)[None, :, None]
+        cols = torch.arange(w, device=x.device)[None, None, :]
+        hole = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+        batch.x = x.masked_fill(hole[:, None], 0)
+        return batch
+
+
+@AUGMENTATIONS.register("mixup")
+class Mixup:
+    """Mixup: x = lam * x + (1 - lam) * x[partner], lam ~ Beta(alpha, alpha) per batch."""
+    mixes = True
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = alpha
+
+    def __call__(self, batch: Batch, g: torch.Generator) -> Batch:
+        lam = _beta(self.alpha, g)
+        partner = torch.randperm(len(batch.x), generator=g, device=g.device).to(batch.x.device)
+        x = batch.x.float()
+        mixed = lam * x + (1 - lam) * x.index_select(0, partner)
+        return Batch(_to_uint8(mixed), batch.y, batch.y.index_select(0, partner), lam)
+
+
+@AUGMENTATIONS.register("cutmix")
+class CutMix:
+    """CutMix: per sample, a box from a random partner pasted at a random place; the box
+    covers 1 - lam of the image with lam ~ Beta(alpha, alpha) per batch."""
+    mixes = True
+
+    def __init__(self, alpha: float = 1.0):
+        self.alpha = alpha
+
+    def __call__(self, batch: Batch, g: torch.Generator) -> Batch:
+        x = batch.x
+        b, _, h, w = x.shape
+        side = math.sqrt(1 - _beta(self.alpha, g))
+        bh, bw = int(h * side), int(w * side)
+        top = (_uniform(b, g, x.device) * (h - bh + 1)).long()[:, None, None]
+        left = (_uniform(b, g, x.device) * (w - bw + 1)).long()[:, None, None]
+        rows = torch.arange(h, device=x.device)[None, :, None]
+        cols = torch.arange(w, device=x.device)[None, None, :]
+        box = (rows >= top) & (rows < top + bh) & (cols >= left) & (cols < left + bw)
+        partner = torch.randperm(b, generator=g, device=g.device).to(x.device)
+        x = torch.where(box[:, None], x.index_select(0, partner), x)
+        return Batch(x, batch.y, batch.y.index_select(0, partner), 1 - bh * bw / (h * w))
+
+
+# ---------------------------------------------------------------------------------------
+
+class Compose:
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> Batch:
+        batch = Batch(x, y)
+        for part in self.parts:
+            batch = part(batch, g)
+        return batch
+
+
+def _split(name: str) -> list[str]:
+    return [p.strip() for p in name.split("+") if p.strip()]
+
+
+def check_augmentation(name: str, params: dict) -> None:
+    """Every part is registered, every parameter belongs to one of the parts, at most one mixes."""
+    parts = _split(name)
+    if not parts:
+        raise ConfigError("empty augmentation name")
+    for part in parts:
+        AUGMENTATIONS.get(part)
+    for key in params:
+        if key not in parts:
+            raise ConfigError(f"aug.params has '{key}', which is not a part of '{name}'")
+    for part in parts:
+        AUGMENTATIONS.build(part, params.get(part, {}))  # names and values checked before any run
+    mixing = [p for p in parts if getattr(AUGMENTATIONS.get(p), "mixes", False)]
+    if len(mixing) > 1:
+        raise ConfigError(f"'{name}' mixes twice ({' and '.join(mixing)}); use one of them")
+
+
+def build_augmentation(name: str, params: dict | None = None) -> Compose:
+    """'standard+cutout' with params {'cutout': {'size': 8}} -> one callable."""
+    params = params or {}
+    check_augmentation(name, params)
+    return Compose([AUGMENTATIONS.build(p, params.get(p, {})) for p in _split(name)])

@@ -1,0 +1,104 @@
+"""Cross-entropy, focal loss, and the class-balanced (effective number) losses."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from harness.losses import LOSSES, Loss, effective_number_weights, require, upcast
+
+FOCAL_GAMMA = 2.0
+"""Lin et al. 2017: γ = 2 works best in their ablation (Table 1b) and is RetinaNet's value.
+The LDAM-DRW code's Focal baseline uses γ = 1; set `gamma: 1.0` to reproduce its table."""
+
+CB_BETA = 0.9999
+"""Cui et al. 2019: the β of their CIFAR-LT runs (cifar_im_trainval_cb.sh)."""
+
+CB_FOCAL_GAMMA = 1.0
+"""Cui et al. 2019: γ of their CIFAR-LT focal runs (cifar_im_trainval_cb.sh); the paper
+searches γ ∈ {0.5, 1, 2}."""
+
+
+@LOSSES.register("ce")
+class CrossEntropy(Loss):
+    """Softmax cross-entropy, the baseline."""
+
+    def per_sample(self, logits, target, features=None):
+        return F.cross_entropy(logits, target, reduction="none")
+
+
+@LOSSES.register("focal")
+class Focal(Loss):
+    """Softmax focal loss -(1 - p_t)^γ log p_t (Lin et al., ICCV 2017), no α term."""
+
+    def __init__(self, class_counts, gamma: float = FOCAL_GAMMA):
+        super().__init__(class_counts)
+        require(gamma >= 0, f"focal gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+
+    def per_sample(self, logits, target, features=None):
+        log_p = F.log_softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
+        if self.gamma == 0:
+            return -log_p
+        return (-log_p.expm1()).pow(self.gamma) * -log_p  # -expm1(log p) = 1 - p, exact near p = 1
+
+
+def sigmoid_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Σ_i (1 - p_i^t)^γ · BCE_i over the classes (Cui et al. eq. 6), one value per sample."""
+    labels = F.one_hot(target, logits.shape[1]).to(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    if gamma:
+        # (1 - p^t)^γ written as exp(-γ·(y·z + log(1 + e^-z))), stable for large |z| (Cui et al. code)
+        bce = bce * torch.exp(-gamma * (labels * logits + F.softplus(-logits)))
+    return bce.sum(dim=1)
+
+
+class _ClassBalanced(Loss):
+    """Scales each sample's loss by its class's effective-number weight (Cui et al., CVPR 2019)."""
+
+    drw_compatible = False  # already weighted by the very weights DRW would apply
+
+    def __init__(self, class_counts, beta: float):
+        super().__init__(class_counts)
+        self.beta = float(beta)
+        self.register_buffer("weight", effective_number_weights(self.class_counts, beta),
+                             persistent=False)
+
+    def forward(self, logits, target, features=None):
+        losses = self.per_sample(upcast(logits), target, features)
+        # Cui et al. divide by the batch size (the number of positive labels), not by Σ w
+        return (self.weight.to(losses)[target] * losses).mean()
+
+
+@LOSSES.register("cb_softmax")
+class ClassBalancedSoftmax(_ClassBalanced):
+    """Class-balanced softmax cross-entropy (Cui et al., CVPR 2019, eq. 5)."""
+
+    def __init__(self, class_counts, beta: float = CB_BETA):
+        super().__init__(class_counts, beta)
+
+    def per_sample(self, logits, target, features=None):
+        return F.cross_entropy(logits, target, reduction="none")
+
+
+@LOSSES.register("cb_sigmoid")
+class ClassBalancedSigmoid(_ClassBalanced):
+    """Class-balanced sigmoid cross-entropy, summed over classes (Cui et al., CVPR 2019)."""
+
+    def __init__(self, class_counts, beta: float = CB_BETA):
+        super().__init__(class_counts, beta)
+
+    def per_sample(self, logits, target, features=None):
+        return sigmoid_focal(logits, target, gamma=0.0)
+
+
+@LOSSES.register("cb_focal")
+class ClassBalancedFocal(_ClassBalanced):
+    """Class-balanced sigmoid focal loss (Cui et al., CVPR 2019, eq. 6)."""
+
+    def __init__(self, class_counts, beta: float = CB_BETA, gamma: float = CB_FOCAL_GAMMA):
+        super().__init__(class_counts, beta)
+        require(gamma >= 0, f"cb_focal gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+
+    def per_sample(self, logits, target, features=None):
+        return sigmoid_focal(logits, target, self.gamma)
