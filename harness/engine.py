@@ -150,7 +150,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        batch = self.data.augment(x, y, self.gen)
+        batch = self.data.batch_augment(x, y, self.gen)
         with self._autocast():
             logits, features = self.net(self._inputs(batch.x))
         logits, features = logits.float(), features.float()

@@ -60,20 +60,41 @@ def test_standard_on_larger_images_is_a_random_resized_crop():
         assert torch.equal(whole[i], x[i]) or torch.equal(whole[i], x[i].flip(2))
 
 
-def test_the_cpu_and_gpu_paths_of_the_resized_crop_agree():
-    """The CPU resizes box by box (fast uint8 path); the GPU samples the batch in one grid."""
+def test_the_cpu_and_gpu_paths_of_the_crops_agree():
+    """The CPU runs numba loops over the batch; the GPU (and a CPU without numba) one gather or
+    one grid_sample. The padded crop is a copy: equal. The resized crop: within one level."""
+    shift, resize = A._cpu_kernels()
     x, g = images(64, 84), torch.Generator().manual_seed(5)
     area = torch.rand(64, generator=g) * 0.9 + 0.1
     bw = (area.sqrt() * 84).round()
     bh = (area.sqrt() * 84 * (0.8 + 0.2 * torch.rand(64, generator=g))).round()
     left, top = (torch.rand(64, generator=g) * (85 - bw)).floor(), (torch.rand(64, generator=g) * (85 - bh)).floor()
     mirror = torch.rand(64, generator=g) < 0.5
-    each, batched = A.resize_each(x, top, left, bh, bw, mirror), A.resample_all(x, top, left, bh, bw, mirror)
-    assert (each.int() - batched.int()).abs().max() <= 1
-    t, l, hh, ww = (int(v[0]) for v in (top, left, bh, bw))
-    want = F.interpolate(x[:1, :, t:t + hh, l:l + ww].float(), size=(84, 84), mode="bilinear", align_corners=False)
-    want = want.flip(-1) if mirror[0] else want
-    assert (each[0].int() - want[0].round().int()).abs().max() <= 1
+    loops = torch.empty_like(x)
+    resize(x.numpy(), *(v.long().numpy() for v in (top, left, bh, bw)), mirror.numpy(), loops.numpy())
+    batched = A.resample_all(x, top, left, bh, bw, mirror)
+    assert (loops.int() - batched.int()).abs().max() <= 1
+    for i in range(8):
+        t, l, hh, ww = (int(v[i]) for v in (top, left, bh, bw))
+        want = F.interpolate(x[i:i + 1, :, t:t + hh, l:l + ww].float(), size=(84, 84), mode="bilinear",
+                             align_corners=False)[0]
+        want = want.flip(-1) if mirror[i] else want
+        assert (loops[i].int() - want.round().int()).abs().max() <= 1
+
+    small = images(64, 32)
+    dy, dx = (torch.randint(-4, 5, (64,), generator=g) for _ in range(2))
+    copied = torch.empty_like(small)
+    shift(small.numpy(), dy.numpy(), dx.numpy(), mirror.numpy(), copied.numpy())
+    assert torch.equal(copied, A.shift_all(small, 4, dy, dx, mirror))
+
+
+def test_ffcv_crops_large_images_while_decoding_the_rest_runs_batched():
+    standard_first = build_augmentation("standard+cutout")
+    crop, rest = standard_first.split_decoder_crop(84)
+    assert isinstance(crop, A.Standard) and [type(p) for p in rest.parts] == [A.Cutout]
+    assert standard_first.split_decoder_crop(32) == (None, standard_first)  # the padded crop stays batched
+    later = build_augmentation("cutout+standard")
+    assert later.split_decoder_crop(84) == (None, later)
 
 
 def test_cutout_zeroes_one_square_per_sample():

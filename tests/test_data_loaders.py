@@ -5,11 +5,15 @@ import pytest
 import torch
 
 from harness.config import RunConfig, from_dict
-from harness.data import build_data
+from harness.data import augment as A
+from harness.data import build_data, load_card
+from harness.data.augment import build_augmentation
+from harness.data.fakes import write_folders
 from harness.data.ffcv_io import write_beton
 from harness.data.imbalance import long_tail
 from harness.data.loaders import FFCVTrainLoader, MemoryLoader, epoch_order
 from harness.registry import ConfigError
+from test_data import prepare_main
 
 
 def lt_indices(n_per_class=30, classes=5, factor=10.0):
@@ -136,3 +140,44 @@ def test_an_unprepared_dataset_says_how_to_prepare_it(tmp_path):
                                           r".*cifar10.yaml --root <source folder>"):
         build_data(from_dict(RunConfig, {"data": {"dataset": "cifar10", "root": str(tmp_path)}}),
                    torch.device("cpu"))
+
+
+def test_the_ffcv_decoder_crop_is_a_random_resized_crop_and_flip_that_repeats(tmp_path):
+    """Columns and rows numbered in the pixels: every output row runs monotonically over a span
+    of the source, mirrored for about half the images; the same seed and epoch repeat exactly."""
+    n = 200
+    ramp = np.zeros((n, 84, 84, 3), np.uint8)
+    ramp[..., 0] = np.arange(84) * 3  # column index
+    ramp[..., 1] = (np.arange(84) * 3)[:, None]  # row index
+    path = write_beton(tmp_path / "ramp.beton", ramp, np.zeros(n, dtype=np.int64))
+    standard = build_augmentation("standard").split_decoder_crop(84)[0]
+
+    def epoch(seed, e):
+        loader = FFCVTrainLoader(path, np.arange(n), 50, seed=seed, num_workers=2, crop=standard, crop_size=84)
+        return torch.cat([x for x, _ in collect(loader, e)])
+
+    x = epoch(0, 0)
+    assert x.shape == (n, 3, 84, 84) and torch.equal(x, epoch(0, 0))
+    assert not torch.equal(x, epoch(0, 1)) and not torch.equal(x, epoch(1, 0))
+    cols, rows = x[:, 0].int(), x[:, 1].int()
+    rising = (cols[:, :, 1:] >= cols[:, :, :-1]).flatten(1).all(1)
+    falling = (cols[:, :, 1:] <= cols[:, :, :-1]).flatten(1).all(1)
+    assert (rising | falling).all() and (rows[:, 1:] >= rows[:, :-1]).all()  # rows are never mirrored
+    assert 0.3 < falling.float().mean() < 0.7
+    span = (cols.amax((1, 2)) - cols.amin((1, 2))).float()
+    assert span.min() < 0.5 * 249 and span.max() > 0.9 * 249  # boxes of many sizes
+
+
+def test_on_large_images_the_ffcv_loader_crops_and_the_trainer_does_the_rest(tmp_path):
+    mini = load_card("mini_imagenet")
+    write_folders(tmp_path / "miniImageNet", mini.classes, {"train": 3, "test": 1}, size=84, ext=".jpg")
+    assert prepare_main()(["mini_imagenet", "--root", str(tmp_path), "--out", str(tmp_path)]) == 0
+    cfg = config("mini_imagenet", tmp_path, loader="ffcv", imbalance="none")
+    cfg.aug.name = "standard+cutout"
+    data = build_data(cfg, torch.device("cpu"))
+    assert [type(p) for p in data.batch_augment.parts] == [A.Cutout]
+    assert [type(p) for p in data.augment.parts] == [A.Standard, A.Cutout]  # what the samples show
+    x = collect(data.train, 0)[0][0]
+    assert x.shape == (32, 3, 84, 84) and torch.equal(x, collect(build_data(cfg, torch.device("cpu")).train, 0)[0][0])
+    cfg.data.loader = "memory"
+    assert [type(p) for p in build_data(cfg, torch.device("cpu")).batch_augment.parts] == [A.Standard, A.Cutout]

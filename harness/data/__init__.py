@@ -15,7 +15,7 @@ import torch
 from harness.data.augment import AUGMENTATIONS, Batch, build_augmentation
 from harness.data.cards import Card, load_card
 from harness.data.conversion import atomic_write_text, convert, data_dir, prepare
-from harness.data.ffcv_io import beton_labels, read_beton
+from harness.data.ffcv_io import beton_image_size, beton_labels, read_beton
 from harness.data.imbalance import PROFILES, long_tail, shot_group
 from harness.data.loaders import FFCVTrainLoader, MemoryLoader
 from harness.data.sampling import with_sampler
@@ -40,7 +40,10 @@ class Data:
     """The training set as indices into its file: the long-tailed subset of train.beton (and the
     generated images, with the `synthetic` augmentation)."""
     augment: object
-    """(x uint8, y, generator) -> Batch."""
+    """(x uint8, y, generator) -> Batch: the grid's augmentation."""
+    batch_augment: object
+    """What the trainer applies to training batches: `augment`, less the random-resized-crop
+    that the FFCV loader does while decoding large images."""
     mean: torch.Tensor
     std: torch.Tensor
     """Per-channel normalisation on the 0..255 scale, shaped [1, 3, 1, 1]."""
@@ -69,19 +72,22 @@ def build_data(cfg, device, rank: int = 0, world: int = 1) -> Data:
     # the `synthetic` augmentation adds generated images: another file, more indices
     path, indices, synthetic = mix_synthetic(cfg.aug, card, folder / "train.beton", split.indices, split.counts)
     per_rank = cfg.optim.batch_size // world
+    augment = batch_augment = build_augmentation(cfg.aug.name, cfg.aug.params)
     if d.loader == "memory":
         x, y = read_beton(path, indices)
         train = MemoryLoader(x.to(device), y.to(device), per_rank, shuffle=True, seed=cfg.seed,
                              rank=rank, world=world, drop_last=True)
     else:
+        size = beton_image_size(path)
+        crop, batch_augment = augment.split_decoder_crop(size) if size else (None, augment)
         train = FFCVTrainLoader(path, indices, per_rank, seed=cfg.seed, num_workers=d.num_workers,
-                                rank=rank, world=world, device=device)
+                                rank=rank, world=world, device=device, crop=crop, crop_size=size)
     train = with_sampler(train, cfg, beton_labels(path)[indices])  # class-aware epochs (cRT)
     test = eval_loader(folder / "test.beton", None, device, rank, world)
     val = val_loader(d.val, folder, split, device, rank, world)
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) * 255 for v in (card.mean, card.std))
     return Data(card=card, train=train, test=test, counts=split.counts, indices=indices,
-                augment=build_augmentation(cfg.aug.name, cfg.aug.params), mean=mean, std=std,
+                augment=augment, batch_augment=batch_augment, mean=mean, std=std,
                 eval_split=d.val, val=val, synthetic_counts=synthetic)
 
 

@@ -8,6 +8,7 @@ weight, one per batch as in the papers; the trainer mixes the two losses.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -55,18 +56,28 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def random_crop(x: torch.Tensor, pad: int, g: torch.Generator, flip: bool = False) -> torch.Tensor:
     """Zero-pad by `pad` and take a random crop of the original size, per sample; with `flip`,
-    a random half of the crops are mirrored in the same gather."""
+    a random half of the crops are mirrored in the same pass."""
+    b = x.shape[0]
+    dy = (_uniform(b, g, x.device) * (2 * pad + 1)).long() - pad  # the crop's offset
+    dx = (_uniform(b, g, x.device) * (2 * pad + 1)).long() - pad
+    mirror = _uniform(b, g, x.device) < 0.5 if flip else torch.zeros(b, dtype=torch.bool, device=x.device)
+    kernels = _cpu_kernels() if x.device.type == "cpu" else None
+    if kernels is None:
+        return shift_all(x, pad, dy, dx, mirror)
+    out = torch.empty_like(x)
+    kernels[0](x.contiguous().numpy(), dy.numpy(), dx.numpy(), mirror.numpy(), out.numpy())
+    return out
+
+
+def shift_all(x, pad, dy, dx, mirror) -> torch.Tensor:
+    """The padded crops in one gather over the batch (on GPUs, and CPUs without numba)."""
     b, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    wp = w + 2 * pad
-    dy = (_uniform(b, g, x.device) * (2 * pad + 1)).long()
-    dx = (_uniform(b, g, x.device) * (2 * pad + 1)).long()
     cols = torch.arange(w, device=x.device).expand(b, w)
-    if flip:
-        cols = torch.where((_uniform(b, g, x.device) < 0.5)[:, None], w - 1 - cols, cols)
-    rows = torch.arange(h, device=x.device)[None, :] + dy[:, None]
-    idx = (rows[:, :, None] * wp + (cols + dx[:, None])[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
-    return padded.view(b, c, -1).gather(2, idx).view(b, c, h, w)
+    cols = torch.where(mirror[:, None], w - 1 - cols, cols)
+    rows = torch.arange(h, device=x.device)[None, :] + (dy + pad)[:, None]
+    idx = (rows[:, :, None] * (w + 2 * pad) + (cols + (dx + pad)[:, None])[:, None, :])
+    return padded.view(b, c, -1).gather(2, idx.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
 
 
 def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale=(0.08, 1.0),
@@ -81,20 +92,61 @@ def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale=(0.08, 1.0),
     left = (_uniform(b, g, x.device) * (w - bw + 1)).floor()
     top = (_uniform(b, g, x.device) * (h - bh + 1)).floor()
     mirror = _uniform(b, g, x.device) < 0.5 if flip else torch.zeros(b, dtype=torch.bool, device=x.device)
-    if x.device.type == "cpu":
-        return resize_each(x, top, left, bh, bw, mirror)
-    return resample_all(x, top, left, bh, bw, mirror)
-
-
-def resize_each(x, top, left, bh, bw, mirror) -> torch.Tensor:
-    """The boxes resized one by one: on the CPU torch's uint8 bilinear resize beats a gather."""
+    kernels = _cpu_kernels() if x.device.type == "cpu" else None
+    if kernels is None:
+        return resample_all(x, top, left, bh, bw, mirror)
     out = torch.empty_like(x)
-    size = x.shape[-2:]
-    for i, (t, l, hh, ww, m) in enumerate(zip(*(v.tolist() for v in (top, left, bh, bw, mirror)))):
-        crop = x[i:i + 1, :, int(t):int(t + hh), int(l):int(l + ww)]
-        resized = F.interpolate(crop, size=size, mode="bilinear", align_corners=False)[0]
-        out[i] = resized.flip(-1) if m else resized
+    kernels[1](x.contiguous().numpy(), *(v.to(torch.int64).numpy() for v in (top, left, bh, bw)),
+               mirror.numpy(), out.numpy())
     return out
+
+
+@functools.cache
+def _cpu_kernels():
+    """(shift, resize): the CPU's padded crop and resized crop as numba loops over the batch in
+    parallel (bilinear as F.interpolate with align_corners=False; boxes never exceed the output,
+    so no antialiasing), or None without numba (then torch's `shift_all` and `resample_all`)."""
+    try:
+        from numba import njit, prange
+    except ImportError:
+        return None
+
+    @njit(parallel=True, nogil=True, cache=True)
+    def shift(x, dy, dx, mirror, out):
+        b, c, h, w = x.shape
+        for i in prange(b):
+            for ch in range(c):
+                for oy in range(h):
+                    sy, o = oy + dy[i], out[i, ch, oy]
+                    for ox in range(w):
+                        sx = (w - 1 - ox if mirror[i] else ox) + dx[i]
+                        o[ox] = x[i, ch, sy, sx] if 0 <= sy < h and 0 <= sx < w else 0
+
+    @njit(parallel=True, nogil=True, fastmath=True, cache=True)
+    def resize(x, top, left, bh, bw, mirror, out):
+        b, c, h, w = x.shape
+        for i in prange(b):
+            x0, x1 = np.empty(w, np.int64), np.empty(w, np.int64)
+            lx = np.empty(w, np.float32)
+            for ox in range(w):  # source columns and weights, shared by every row and channel
+                f = max((ox + 0.5) * bw[i] / w - 0.5, 0.0)
+                j = int(f)
+                col = w - 1 - ox if mirror[i] else ox
+                x0[col], x1[col], lx[col] = left[i] + j, left[i] + min(j + 1, bw[i] - 1), f - j
+            rows = np.empty((bh[i], w), np.float32)
+            for ch in range(c):
+                for r in range(bh[i]):  # each row of the box resampled across once...
+                    src = x[i, ch, top[i] + r]
+                    for ox in range(w):
+                        rows[r, ox] = src[x0[ox]] + (np.float32(src[x1[ox]]) - src[x0[ox]]) * lx[ox]
+                for oy in range(h):  # ...then blended down
+                    f = max((oy + 0.5) * bh[i] / h - 0.5, 0.0)
+                    j = int(f)
+                    a, d, ly = rows[j], rows[min(j + 1, bh[i] - 1)], np.float32(f - j)
+                    o = out[i, ch, oy]
+                    for ox in range(w):
+                        o[ox] = np.uint8(a[ox] + (d[ox] - a[ox]) * ly + np.float32(0.5))
+    return shift, resize
 
 
 def _clamp_to_box(pos: torch.Tensor, start: torch.Tensor, length: torch.Tensor, size: int) -> torch.Tensor:
@@ -105,7 +157,7 @@ def _clamp_to_box(pos: torch.Tensor, start: torch.Tensor, length: torch.Tensor, 
 
 
 def resample_all(x, top, left, bh, bw, mirror) -> torch.Tensor:
-    """The boxes resized in one grid_sample over the batch (the GPU path)."""
+    """The boxes resized in one grid_sample over the batch (on GPUs, and CPUs without numba)."""
     b, _, h, w = x.shape
     xs = (torch.arange(w, device=x.device) * 2 + 1) / w - 1  # output pixel centres in [-1, 1]
     ys = (torch.arange(h, device=x.device) * 2 + 1) / h - 1
@@ -428,6 +480,14 @@ class CutMix:
 class Compose:
     def __init__(self, parts: list):
         self.parts = parts
+
+    def split_decoder_crop(self, size: int) -> tuple[Standard | None, "Compose"]:
+        """(the leading `standard` part, the rest) when that part random-resized-crops images
+        of this size, which the FFCV loader then does while decoding; else (None, self)."""
+        first = self.parts[0] if self.parts else None
+        if isinstance(first, Standard) and size > first.small:
+            return first, Compose(self.parts[1:])
+        return None, self
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> Batch:
         batch = Batch(x, y)

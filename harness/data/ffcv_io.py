@@ -121,6 +121,14 @@ def beton_labels(path: str | Path) -> np.ndarray:
     return _metadata(path, _header(path))["label"].astype(np.int64)
 
 
+def beton_image_size(path: str | Path) -> int | None:
+    """The side of the images of a .beton when all are one square size, else None."""
+    path = Path(path)
+    image = _metadata(path, _header(path))["image"]
+    sides = np.unique(np.concatenate([image["height"], image["width"]]))
+    return int(sides[0]) if len(sides) == 1 else None
+
+
 def read_beton(path: str | Path, indices: np.ndarray | None = None):
     """Samples of a .beton as (uint8 images [N,3,H,W], int64 labels [N]) torch tensors.
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder, SimpleRGBImageDecoder
+from ffcv.libffcv import imdecode, resize_crop
 from ffcv.loader import Loader, OrderOption
+from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
 from ffcv.traversal_order import Random
 
@@ -28,6 +31,98 @@ class RankLoader(Loader):
         if not isinstance(self.traversal_order, Random):
             return super().next_traversal_order()
         return epoch_order(self.indices, self.seed, self.next_epoch, self.rank, self.world)
+
+
+@njit(nogil=True)
+def _mix(z):
+    """splitmix64's finaliser: a well-spread 64-bit hash of z (uint64)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(nogil=True)
+def _uniform(key, k):
+    """The k-th uniform number in [0, 1) of the stream `key`."""
+    return np.float64(_mix(key + np.uint64(k) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(11)) * 2.0 ** -53
+
+
+@njit(nogil=True)
+def crop_box(key, height, width, scale, ratio):
+    """(top, left, box height, box width, mirror) of one sample: the same draws as the batched
+    `random_resized_crop` of harness.data.augment, from the stream `key`."""
+    height, width = float(height), float(width)
+    area = (_uniform(key, 0) * (scale[1] - scale[0]) + scale[0]) * height * width
+    log_r = _uniform(key, 1) * (np.log(ratio[1]) - np.log(ratio[0])) + np.log(ratio[0])
+    bw = min(max(np.round(np.sqrt(area * np.exp(log_r))), 1.0), width)
+    bh = min(max(np.round(np.sqrt(area / np.exp(log_r))), 1.0), height)
+    left = np.floor(_uniform(key, 2) * (width - bw + 1))
+    top = np.floor(_uniform(key, 3) * (height - bh + 1))
+    return int(top), int(left), int(bh), int(bw), _uniform(key, 4) < 0.5
+
+
+@njit(nogil=True)
+def mirror_in_place(image):
+    """Flip an HWC image left to right."""
+    w = image.shape[1]
+    for r in range(image.shape[0]):
+        for c in range(w // 2):
+            for ch in range(image.shape[2]):
+                a = image[r, c, ch]
+                image[r, c, ch] = image[r, w - 1 - c, ch]
+                image[r, w - 1 - c, ch] = a
+
+
+_KEEP: list = []
+
+
+class CropFlipDecoder(ResizedCropRGBImageDecoder):
+    """The `standard` augmentation of large images (random-resized-crop and flip) done while
+    decoding, in FFCV's parallel, GIL-free worker threads instead of batched on the main thread.
+
+    FFCV's own RandomResizedCropRGBImageDecoder draws from numba's unseeded per-thread
+    generators; here every draw is a hash of (seed, the sample, the first and last samples of
+    its batch), so a run repeats exactly and a sample gets new draws each epoch as its batch
+    changes. The draws follow the batched version's formulas; the resize is OpenCV's."""
+
+    def __init__(self, size: int, scale: tuple, ratio: tuple, seed: int):
+        super().__init__((size, size))
+        self.scale, self.ratio, self.seed = np.array(scale, float), np.array(ratio, float), seed
+
+    get_crop_generator = None  # the boxes come from crop_box
+
+    def generate_code(self):
+        jpg = IMAGE_MODES["jpg"]
+        mem_read, my_range = self.memory_read, Compiler.get_iterator()
+        imdecode_c, resize_crop_c = Compiler.compile(imdecode), Compiler.compile(resize_crop)
+        _KEEP.append((imdecode_c, resize_crop_c))  # numba's finaliser of these would raise (a KeyError
+        # printed as 'Exception ignored') when a loader is collected; at exit it is skipped
+        mix, box, mirror = _mix, crop_box, mirror_in_place
+        scale, ratio, seed = self.scale, self.ratio, np.uint64(self.seed)
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, temp_storage = my_storage
+            n = len(batch_indices)
+            batch_key = mix(mix(seed ^ np.uint64(batch_indices[0])) ^ np.uint64(batch_indices[n - 1]))
+            for dst_ix in my_range(n):
+                source_ix = batch_indices[dst_ix]
+                field = metadata[source_ix]
+                image_data = mem_read(field["data_ptr"], storage_state)
+                height, width = np.uint32(field["height"]), np.uint32(field["width"])
+                if field["mode"] == jpg:
+                    image = temp_storage[dst_ix]
+                    imdecode_c(image_data, image, height, width, height, width, 0, 0, 1, 1, False, False)
+                    image = image.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+                else:
+                    image = image_data.reshape(height, width, 3)
+                top, left, bh, bw, flip = box(mix(batch_key ^ np.uint64(source_ix)), height, width, scale, ratio)
+                resize_crop_c(image, top, top + bh, left, left + bw, destination[dst_ix])
+                if flip:
+                    mirror(destination[dst_ix])
+            return destination[:n]
+
+        decode.is_parallel = True
+        return decode
 
 
 def ffcv_loader(path: str | Path, batch_size: int, *, indices: np.ndarray | None = None,

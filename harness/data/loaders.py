@@ -1,7 +1,9 @@
 """Training and evaluation loaders; each yields (uint8 NCHW images, int64 labels) on the device.
 
 Both training loaders read the same samples in the same order for a given seed, epoch,
-rank and world size (`epoch_order`), so switching `data.loader` changes speed, not results.
+rank and world size (`epoch_order`), so switching `data.loader` changes speed, not results;
+only on images larger than 32x32, where the FFCV loader random-resized-crops while decoding,
+do its crops come from another random stream than the batched augmentation's.
 """
 from __future__ import annotations
 
@@ -63,15 +65,20 @@ class MemoryLoader:
 
 
 class FFCVTrainLoader:
-    """FFCV pipelines over the imbalance indices: RANDOM order, one disjoint share per rank."""
+    """FFCV pipelines over the imbalance indices: RANDOM order, one disjoint share per rank.
+    With `crop` (a `standard` augmentation part), images of `crop_size` are random-resized-cropped
+    and flipped while decoding, in FFCV's worker threads."""
 
     def __init__(self, path: str | Path, indices: np.ndarray, batch_size: int, *, seed: int,
-                 num_workers: int, rank: int = 0, world: int = 1, device=torch.device("cpu")):
+                 num_workers: int, rank: int = 0, world: int = 1, device=torch.device("cpu"),
+                 crop=None, crop_size: int | None = None):
         self.device = torch.device(device)
         with keep_torch_threads():  # importing FFCV sets them too
-            from harness.data.ffcv_loader import ffcv_loader
+            from harness.data.ffcv_loader import CropFlipDecoder, ffcv_loader
+            pipeline = None if crop is None else [CropFlipDecoder(crop_size, crop.scale, crop.ratio, seed)]
             self.loader = ffcv_loader(path, batch_size, indices=indices, shuffle=True, seed=seed,
-                                      num_workers=num_workers, drop_last=True, rank=rank, world=world)
+                                      num_workers=num_workers, drop_last=True, rank=rank, world=world,
+                                      image_pipeline=pipeline)
 
     def set_epoch(self, epoch: int) -> None:
         self.loader.next_epoch = epoch
