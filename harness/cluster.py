@@ -31,6 +31,11 @@ SLURM_TIMEOUT_S = 20  # sinfo/scontrol give up on an unreachable controller afte
 PREEMPT_SIGNAL = "USR2"  # the signal submitit traps to checkpoint and requeue (SUBMITIT_PREEMPT_SIGNAL)
 
 
+# sbatch copies the submitting shell's environment into the job; torchrun's variables left in that
+# shell would take priority over SLURM's own and give every task a stale rank and world size
+CLEAR_RANKS = "unset RANK LOCAL_RANK WORLD_SIZE LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT TORCHELASTIC_RUN_ID"
+
+
 @dataclass
 class ClusterProfile:
     """What every job of a sweep asks SLURM for. Field names are the keys of the YAML file."""
@@ -92,8 +97,7 @@ class ClusterProfile:
                 params[f"slurm_{key}"] = getattr(self, key)
         if self.sbatch_extra:
             params["slurm_additional_parameters"] = _sbatch_options(self.sbatch_extra, self.source)
-        if self.setup:
-            params["slurm_setup"] = list(self.setup)
+        params["slurm_setup"] = [CLEAR_RANKS, *self.setup]
         return params
 
 

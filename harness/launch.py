@@ -71,9 +71,11 @@ class TrainJob(submitit.helpers.Checkpointable):
             self._preempted(e, main)
             raise
         except BaseException as e:
-            if main:
+            # every rank records its failure; the first one is the cause (a rank that raises fails
+            # before its peers notice it is gone), so a later one leaves it in place
+            if read_state(self.run_dir)["state"] != "failed":
                 message = f"{type(e).__name__}: {e}".splitlines()[0]
-                update_state(self.run_dir, state="failed", error=message,
+                update_state(self.run_dir, state="failed", error=message if main else f"rank {rank()}: {message}",
                              traceback=traceback.format_exc()[-4000:])
             raise
         finally:

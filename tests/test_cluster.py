@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from harness.cluster import ClusterProfile, check_cluster, load_profile, max_array_size
+from harness.cluster import CLEAR_RANKS, ClusterProfile, check_cluster, load_profile, max_array_size
 from harness.registry import ConfigError
 
 
@@ -68,15 +68,15 @@ def test_executor_params_of_a_gpu_profile():
         "mem_gb": 480, "timeout_min": 1440, "slurm_account": "my-lab", "slurm_qos": "normal",
         "slurm_constraint": "a100|h100", "slurm_signal_delay_s": 120, "slurm_array_parallelism": 16, "slurm_srun_args": ["--kill-on-bad-exit=1"],
         "slurm_additional_parameters": {"exclusive": True},
-        "slurm_setup": ["module load cuda/12.4", "source .venv/bin/activate"],
+        "slurm_setup": [CLEAR_RANKS, "module load cuda/12.4", "source .venv/bin/activate"],
     }
 
 
 def test_executor_params_leave_out_what_is_not_asked_for():
     params = ClusterProfile().executor_params()
     assert "gpus_per_node" not in params
-    assert not {"slurm_account", "slurm_qos", "slurm_constraint", "slurm_additional_parameters",
-                "slurm_setup"} & set(params)
+    assert not {"slurm_account", "slurm_qos", "slurm_constraint", "slurm_additional_parameters"} & set(params)
+    assert params["slurm_setup"] == [CLEAR_RANKS]
 
 
 def test_submitit_writes_the_gpu_profile_into_sbatch(slurm_cluster, tmp_path):

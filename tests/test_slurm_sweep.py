@@ -53,10 +53,10 @@ def calls(log: Path) -> int:
     return len(log.read_text().splitlines())
 
 
-def run_cli(grid: Path, *args, cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(grid: Path, *args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """tools/sweep.py as a user runs it (run folders under cwd/runs)."""
     return subprocess.run([sys.executable, SWEEP, str(grid), QUICK, *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+                          cwd=cwd, timeout=300, env={**os.environ, **(env or {})})
 
 
 def sweep_cli(grid: Path, *args, cwd: Path) -> str:
@@ -193,7 +193,8 @@ def test_array_runs_to_results_and_reruns_submit_nothing_twice(slurm_cluster, tm
                       grid="loss.name: [ce, balanced_softmax]", extra=SLURM)
     runs = tmp_path / "runs"
     try:
-        out = run_cli(grid, cwd=tmp_path)
+        stale = {"RANK": "3", "WORLD_SIZE": "4", "MASTER_PORT": "1"}  # torchrun's, left in the shell
+        out = run_cli(grid, cwd=tmp_path, env=stale)
         assert out.returncode == 0, out.stdout + out.stderr
         assert calls(counted_sbatch) == 1 and "#SBATCH --array=0-1%2" in Path(
             next((runs / name / ".submitit").glob("*/*_submission.sh"))).read_text()
@@ -204,8 +205,8 @@ def test_array_runs_to_results_and_reruns_submit_nothing_twice(slurm_cluster, tm
         again = sweep_cli(grid, cwd=tmp_path)  # while pending or running: left alone
         assert "0 to run, 2 skipped" in again and calls(counted_sbatch) == 1
 
-        wait_for(lambda: all((runs / name / s / "result.json").is_file() for s in states(grid, runs)), 150,
-                 "both array tasks to finish")
+        wait_for(lambda: all(s["state"] == "finished" for s in states(grid, runs).values()), 150,
+                 "both array tasks to finish")  # state.json says so just after result.json is written
         for state in states(grid, runs).values():
             assert state["state"] == "finished" and state["backend"] == "slurm"
             assert "epoch 2/2" in log_of(state)
@@ -239,7 +240,7 @@ def test_usr2_stops_both_ranks_at_one_step_requeues_and_resumes(slurm_cluster, t
         run = runs / name / sig
         wait_for((run / "progress.json").is_file, 120, "the first epoch")
         subprocess.run(["scancel", "--signal=USR2", state["job_id"]], check=True, timeout=30)
-        wait_for((run / "result.json").is_file, 150, "the requeued job to finish")
+        wait_for(lambda: states(grid, runs)[sig]["state"] == "finished", 150, "the requeued job to finish")
 
         state = json.loads((run / "state.json").read_text())
         assert state["state"] == "finished" and state["requeues"] == 1
