@@ -73,7 +73,9 @@ def mirror_in_place(image):
                 image[r, w - 1 - c, ch] = a
 
 
-_KEEP: list = []
+_COMPILED: list = []
+"""The decoders' compiled ctypes calls, kept for the life of the process: numba's finaliser of a
+collected one raises (printed as 'Exception ignored ... KeyError'); at exit it is skipped."""
 
 
 class CropFlipDecoder(ResizedCropRGBImageDecoder):
@@ -95,15 +97,13 @@ class CropFlipDecoder(ResizedCropRGBImageDecoder):
         jpg = IMAGE_MODES["jpg"]
         mem_read, my_range = self.memory_read, Compiler.get_iterator()
         imdecode_c, resize_crop_c = Compiler.compile(imdecode), Compiler.compile(resize_crop)
-        _KEEP.append((imdecode_c, resize_crop_c))  # numba's finaliser of these would raise (a KeyError
-        # printed as 'Exception ignored') when a loader is collected; at exit it is skipped
-        mix, box, mirror = _mix, crop_box, mirror_in_place
+        _COMPILED.append((imdecode_c, resize_crop_c))
         scale, ratio, seed = self.scale, self.ratio, np.uint64(self.seed)
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
             n = len(batch_indices)
-            batch_key = mix(mix(seed ^ np.uint64(batch_indices[0])) ^ np.uint64(batch_indices[n - 1]))
+            batch_key = _mix(_mix(seed ^ np.uint64(batch_indices[0])) ^ np.uint64(batch_indices[n - 1]))
             for dst_ix in my_range(n):
                 source_ix = batch_indices[dst_ix]
                 field = metadata[source_ix]
@@ -115,10 +115,10 @@ class CropFlipDecoder(ResizedCropRGBImageDecoder):
                     image = image.reshape(-1)[:3 * height * width].reshape(height, width, 3)
                 else:
                     image = image_data.reshape(height, width, 3)
-                top, left, bh, bw, flip = box(mix(batch_key ^ np.uint64(source_ix)), height, width, scale, ratio)
+                top, left, bh, bw, flip = crop_box(_mix(batch_key ^ np.uint64(source_ix)), height, width, scale, ratio)
                 resize_crop_c(image, top, top + bh, left, left + bw, destination[dst_ix])
                 if flip:
-                    mirror(destination[dst_ix])
+                    mirror_in_place(destination[dst_ix])
             return destination[:n]
 
         decode.is_parallel = True
