@@ -61,12 +61,8 @@ def random_crop(x: torch.Tensor, pad: int, g: torch.Generator, flip: bool = Fals
     dy = (_uniform(b, g, x.device) * (2 * pad + 1)).long() - pad  # the crop's offset
     dx = (_uniform(b, g, x.device) * (2 * pad + 1)).long() - pad
     mirror = _uniform(b, g, x.device) < 0.5 if flip else torch.zeros(b, dtype=torch.bool, device=x.device)
-    kernels = _cpu_kernels() if x.device.type == "cpu" else None
-    if kernels is None:
-        return shift_all(x, pad, dy, dx, mirror)
-    out = torch.empty_like(x)
-    kernels[0](x.contiguous().numpy(), dy.numpy(), dx.numpy(), mirror.numpy(), out.numpy())
-    return out
+    out = _on_cpu(0, x, dy, dx, mirror)
+    return shift_all(x, pad, dy, dx, mirror) if out is None else out
 
 
 def shift_all(x, pad, dy, dx, mirror) -> torch.Tensor:
@@ -92,12 +88,18 @@ def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale=(0.08, 1.0),
     left = (_uniform(b, g, x.device) * (w - bw + 1)).floor()
     top = (_uniform(b, g, x.device) * (h - bh + 1)).floor()
     mirror = _uniform(b, g, x.device) < 0.5 if flip else torch.zeros(b, dtype=torch.bool, device=x.device)
+    out = _on_cpu(1, x, *(v.long() for v in (top, left, bh, bw)), mirror)
+    return resample_all(x, top, left, bh, bw, mirror) if out is None else out
+
+
+def _on_cpu(which: int, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor | None:
+    """Kernel `which` of `_cpu_kernels` over the batch, into a new tensor; None off the CPU or
+    without numba."""
     kernels = _cpu_kernels() if x.device.type == "cpu" else None
     if kernels is None:
-        return resample_all(x, top, left, bh, bw, mirror)
+        return None
     out = torch.empty_like(x)
-    kernels[1](x.contiguous().numpy(), *(v.to(torch.int64).numpy() for v in (top, left, bh, bw)),
-               mirror.numpy(), out.numpy())
+    kernels[which](x.contiguous().numpy(), *(a.numpy() for a in args), out.numpy())
     return out
 
 
