@@ -19,10 +19,16 @@ setup(
         "pillow>=10",
         "tqdm",
     ],
+    entry_points={"console_scripts": [
+        "lt-sweep=harness.cli.sweep:main",
+        "lt-report=harness.cli.report:main",
+        "lt-prepare-data=harness.cli.prepare_data:main",
+        "lt-generate-tail=harness.cli.generate_tail:main",
+    ]},
     extras_require={
         "deepspeed": ["deepspeed==0.19.8"],
         "generate": ["diffusers==0.42.1", "transformers"],
-        "dev": ["pytest>=8", "pytest-timeout", "deepspeed==0.19.8", "diffusers==0.42.1",
+        "dev": ["pytest>=8", "pytest-timeout", "ruff==0.14.*", "deepspeed==0.19.8", "diffusers==0.42.1",
                 "transformers"],
     },
 )

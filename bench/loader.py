@@ -38,11 +38,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from harness.data.augment import build_augmentation  # noqa: E402
-from harness.data.conversion import atomic_write_text  # noqa: E402
+from harness.data.beton import Beton, write_beton  # noqa: E402
 from harness.data.fakes import fake_images  # noqa: E402
-from harness.data.ffcv_io import read_beton, write_beton  # noqa: E402
+from harness.data.ffcv_loader import FFCVTrainLoader  # noqa: E402
 from harness.data.imbalance import exp_counts  # noqa: E402
-from harness.data.loaders import FFCVTrainLoader, MemoryLoader  # noqa: E402
+from harness.data.loaders import MemoryLoader  # noqa: E402
+from harness.files import atomic_write_text  # noqa: E402
 
 BATCH = 128
 SHAPES = {  # name: (classes, n_max, image side)
@@ -104,7 +105,7 @@ def contenders(name: str, folder: Path, workers: int) -> dict:
     raw = write_beton(folder / "raw.beton", images, labels, num_workers=workers)
     jpeg = write_beton(folder / "jpeg.beton", images, labels, jpeg_quality=90, num_workers=workers)
     everything = np.arange(len(labels))
-    x, y = read_beton(raw)
+    x, y = Beton(raw).read()
     augment = build_augmentation("standard")
     crop, rest = augment.split_decoder_crop(size)  # as build_data does for the FFCV loader
 

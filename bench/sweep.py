@@ -27,11 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness import slurm  # noqa: E402
-from harness.config import load_grid  # noqa: E402
-from harness.launch import TrainJob  # noqa: E402
-from harness.state import update_state, write_cell  # noqa: E402
-from harness.sweep import cancel, launch, plan  # noqa: E402
+from harness.grid import load_grid  # noqa: E402
+from harness.rundir import RunDir  # noqa: E402
+from harness.sweep import scheduler, slurm  # noqa: E402
+from harness.sweep.job import TrainJob  # noqa: E402
+from harness.sweep.plan import plan, start  # noqa: E402
+from harness.sweep.status import cancel  # noqa: E402
 
 GRID = """\
 name: {name}
@@ -72,7 +73,7 @@ def harness_sweep(grid_file: Path, runs: Path, log: Path) -> dict:
         t1 = time.perf_counter()
         actions = plan(grid, runs)
         t2 = time.perf_counter()
-        arrays = launch(grid, actions, "slurm", runs)
+        arrays = start(grid, actions, "slurm", runs)
         t3 = time.perf_counter()
         again = plan(grid, runs)  # the re-run: one squeue for all recorded jobs, nothing to submit
         t4 = time.perf_counter()
@@ -95,15 +96,15 @@ def per_cell(grid_file: Path, runs: Path, log: Path) -> dict:
     try:
         for cell in grid.cells:
             run_dir = runs / grid.name / cell.signature
-            write_cell(run_dir, grid.name, cell)
+            RunDir(run_dir).write_cell(grid.name, cell)
             executor = slurm.executor(folder, profile, slurm.shape(profile, grid, cell))
             executor._executor._throttling = 0.0  # submitit waits 0.2 s between single submissions
             job = executor.submit(TrainJob(run_dir, profile.max_requeues))
-            update_state(run_dir, state="submitted", backend="slurm", job_id=job.job_id)
+            RunDir(run_dir).update_state(state="submitted", backend="slurm", job_id=job.job_id)
             ids.append(job.job_id)
         wall = time.perf_counter() - t0
     finally:
-        slurm.cancel(ids)
+        scheduler.cancel(ids)
     return {"cells": len(ids), "arrays": 0, "sbatch_calls": calls(log) - before, "wall_s": wall}
 
 

@@ -39,9 +39,10 @@ import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
 from harness.config import RunConfig, from_dict, to_dict  # noqa: E402
-from harness.data import atomic_write_text, load_card, prepare  # noqa: E402
-from harness.engine import Trainer  # noqa: E402
-from harness.state import read_config  # noqa: E402
+from harness.data import load_card, prepare  # noqa: E402
+from harness.files import atomic_write_text  # noqa: E402
+from harness.run.trainer import Trainer  # noqa: E402
+from harness.rundir import RunDir  # noqa: E402
 
 NUM_CLASSES = 10
 
@@ -136,7 +137,7 @@ def rank_worker(cell: Path, steps: int) -> None:
     rank = int(os.environ["RANK"])
     os.sched_setaffinity(0, {rank % os.cpu_count()})
     torch.set_num_threads(1)
-    trainer = Trainer(read_config(cell), cell)
+    trainer = Trainer(RunDir(cell).read_config(), cell)
     trainer.net.train()
     batches = list(trainer.data.train)[:steps + 2]
     for x, y in batches[:2]:

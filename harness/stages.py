@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from harness.config import LossConfig, RunConfig, ScheduleConfig, StageConfig, signature
 from harness.registry import ConfigError
+from harness.rundir import RunDir
 
 SIGNATURE = re.compile(r"[0-9a-f]{10}")
 SAME_DATA = ("dataset", "imbalance", "imbalance_factor", "imbalance_params", "val", "val_fraction")
@@ -88,36 +89,33 @@ def check_classifier(first: RunConfig, prefix: str) -> None:
 # ---------------------------------------------------------------------------------------
 # the first stage's run folder and weights
 
-def first_stage_dir(cfg: RunConfig, run_dir: str | Path) -> Path:
+def first_stage_dir(cfg: RunConfig, run_dir: str | Path) -> RunDir:
     """Where the first stage of this second stage lives."""
     source = cfg.stage.from_run
     if not source:
-        return Path(run_dir).parent / signature(first_stage_config(cfg))
+        return RunDir(Path(run_dir).parent / signature(first_stage_config(cfg)))
     if SIGNATURE.fullmatch(source):
-        return Path(run_dir).parent / source
-    return Path(source)
+        return RunDir(Path(run_dir).parent / source)
+    return RunDir(source)
 
 
 def load_first_stage(cfg: RunConfig, run_dir: str | Path) -> tuple[RunConfig, dict]:
     """The first stage's config and final model weights; ConfigError if it is not finished."""
-    from harness.engine import CHECKPOINT
-    from harness.state import CONFIG, read_config, read_state
-
     folder = first_stage_dir(cfg, run_dir)
-    if not (folder / CONFIG).is_file():
-        raise ConfigError(f"key 'stage.from_run': first-stage run {folder} not found; train it first "
+    if not folder.has_config():
+        raise ConfigError(f"key 'stage.from_run': first-stage run {folder.path} not found; train it first "
                           f"(the same config with stage.kind train) or set stage.from_run to its folder")
-    state = read_state(folder)["state"]
+    state = folder.read_state()["state"]
     if state != "finished":
-        raise ConfigError(f"key 'stage.from_run': first-stage run {folder} is {state}, not finished; "
+        raise ConfigError(f"key 'stage.from_run': first-stage run {folder.path} is {state}, not finished; "
                           f"run this stage again once it has finished")
-    first = read_config(folder)
-    check_same_run(cfg, first, folder)
+    first = folder.read_config()
+    check_same_run(cfg, first, folder.path)
     try:
-        weights = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=False)["model"]
+        weights = folder.load_checkpoint()["model"]
     except (OSError, KeyError) as e:
-        raise ConfigError(f"key 'stage.from_run': first-stage run {folder} has no model weights in "
-                          f"{CHECKPOINT} ({type(e).__name__}); train it again") from None
+        raise ConfigError(f"key 'stage.from_run': first-stage run {folder.path} has no model weights in "
+                          f"{folder.CHECKPOINT} ({type(e).__name__}); train it again") from None
     return first, weights
 
 

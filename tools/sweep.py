@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.cli import main_sweep  # noqa: E402
+from harness.cli.sweep import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main_sweep(sys.argv[1:]))
+    sys.exit(main())

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up (once) and run the whole test suite; the SLURM tests start a one-node cluster (root).
+# Set up (once), lint, and run the whole test suite; the SLURM tests start a one-node cluster (root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
+.venv/bin/ruff check .  # the linter first: ruff.toml
 exec .venv/bin/python -m pytest -q "$@"

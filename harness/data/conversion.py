@@ -8,20 +8,19 @@ refuses a .beton that is not the one the manifest describes.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from harness.data.beton import write_beton
 from harness.data.cards import Card
-from harness.data.ffcv_io import write_beton
 from harness.data.readers import open_source
+from harness.files import atomic_write_text, file_lock
 from harness.registry import ConfigError
 
 MANIFEST = "manifest.json"
@@ -37,13 +36,6 @@ class Settings:
 
 def data_dir(card: Card, root: str | Path) -> Path:
     return Path(root) / card.name
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _sha(text: str) -> str:
@@ -151,19 +143,6 @@ def prepare(card: Card, root: str | Path) -> Path:
     return folder
 
 
-@contextmanager
-def file_lock(path: Path):
-    """An exclusive lock on `path` (created if missing): ranks and array tasks that build the
-    same file wait for one another."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def convert(card: Card, source_root: str | Path, out_root: str | Path, *, storage: str | None = None,
             jpeg_quality: int | None = None, resolution: int | None = None, workers: int = 2,
             force: bool = False, log=print) -> Path:
@@ -206,6 +185,7 @@ def check_train_labels(card: Card, labels: np.ndarray, where: str) -> None:
 def parse_imbalance(text: str) -> tuple[str, float, dict]:
     """'exp:100' -> ('exp', 100.0, {}); 'step:10:mu=0.3' -> ('step', 10.0, {'mu': 0.3}); 'none'."""
     import yaml
+
     from harness.data.imbalance import PROFILES
     profile, *rest = text.split(":")
     try:
@@ -222,7 +202,8 @@ def parse_imbalance(text: str) -> tuple[str, float, dict]:
 def dry_run(card: Card, source_root: str | Path, imbalance: str = "none", val_fraction: float = 0.0) -> str:
     """The per-class training counts an imbalance profile keeps from the source, as a table;
     the labels go through the same `long_tail` as training. Writes nothing."""
-    from harness.data.imbalance import long_tail, shot_group
+    from harness.data.imbalance import long_tail
+    from harness.metrics import shot_group
     profile, factor, params = parse_imbalance(imbalance)
     source = open_source(card, source_root)
     labels = source.labels("train")

@@ -1,20 +1,26 @@
-"""FFCV's Loader over a list of indices, with each DDP rank reading a disjoint share."""
+"""The FFCV training loader: FFCV's Loader over a list of indices, each DDP rank reading a disjoint
+share, with `standard`'s random-resized-crop done while decoding large images.
+
+Importing this module imports FFCV (which resets torch's thread count: kept here)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 from numba import njit
-from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder, SimpleRGBImageDecoder
-from ffcv.libffcv import imdecode, resize_crop
-from ffcv.loader import Loader, OrderOption
-from ffcv.pipeline.compiler import Compiler
-from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
-from ffcv.traversal_order import Random
 
-from harness.data.ffcv_io import check_beton
+from harness.data.beton import Beton, keep_torch_threads
 from harness.data.loaders import epoch_order
+
+with keep_torch_threads():  # importing FFCV sets torch's thread count to its own
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder, SimpleRGBImageDecoder
+    from ffcv.libffcv import imdecode, resize_crop
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.pipeline.compiler import Compiler
+    from ffcv.transforms import Squeeze, ToTensor, ToTorchImage
+    from ffcv.traversal_order import Random
 
 
 class RankLoader(Loader):
@@ -130,7 +136,7 @@ def ffcv_loader(path: str | Path, batch_size: int, *, indices: np.ndarray | None
                 rank: int = 0, world: int = 1, image_pipeline: list | None = None) -> RankLoader:
     """An FFCV Loader yielding (uint8 NCHW images, int64 labels) as CPU tensors; RANDOM
     order when shuffling (QUASI_RANDOM cannot be shared out over ranks)."""
-    check_beton(path)
+    Beton(path)  # a one-line error for a missing or broken file, before FFCV reads it
     image = (image_pipeline or [SimpleRGBImageDecoder()]) + [ToTensor(), ToTorchImage(channels_last=False)]
     return RankLoader(
         str(path), rank=rank, world=world, batch_size=batch_size, num_workers=num_workers,
@@ -139,3 +145,34 @@ def ffcv_loader(path: str | Path, batch_size: int, *, indices: np.ndarray | None
         drop_last=drop_last, seed=seed, os_cache=True,
         pipelines={"image": image, "label": [IntDecoder(), ToTensor(), Squeeze(-1)]},
     )
+
+
+class FFCVTrainLoader:
+    """FFCV pipelines over the imbalance indices: RANDOM order, one disjoint share per rank.
+    With `crop` (a `standard` augmentation part), images of `crop_size` are random-resized-cropped
+    and flipped while decoding, in FFCV's worker threads."""
+
+    def __init__(self, path: str | Path, indices: np.ndarray, batch_size: int, *, seed: int,
+                 num_workers: int, rank: int = 0, world: int = 1, device="cpu",
+                 crop=None, crop_size: int | None = None):
+        self.device = torch.device(device)
+        pipeline = None if crop is None else [CropFlipDecoder(crop_size, crop.scale, crop.ratio, seed)]
+        with keep_torch_threads():
+            self.loader = ffcv_loader(path, batch_size, indices=indices, shuffle=True, seed=seed,
+                                      num_workers=num_workers, drop_last=True, rank=rank, world=world,
+                                      image_pipeline=pipeline)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.next_epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        pin = self.device.type == "cuda"
+        with keep_torch_threads():
+            batches = iter(self.loader)
+        for x, y in batches:
+            if pin:
+                x, y = x.pin_memory(), y.pin_memory()
+            yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin).long()

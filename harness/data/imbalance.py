@@ -57,15 +57,6 @@ def subset_indices(labels: np.ndarray, counts: list[int], seed: int = 0) -> np.n
     return np.sort(np.concatenate(keep)).astype(np.int64)
 
 
-def shot_group(count: int) -> str:
-    """many: > 100 training images; medium: 20..100; few: < 20."""
-    if count > 100:
-        return "many"
-    if count >= 20:
-        return "medium"
-    return "few"
-
-
 @dataclass
 class TrainSplit:
     """The long-tailed training subset and, when carved from train, the validation split."""

@@ -1,18 +1,15 @@
-"""Training and evaluation loaders; each yields (uint8 NCHW images, int64 labels) on the device.
+"""The memory loader and the epoch order every training loader follows.
 
-Both training loaders read the same samples in the same order for a given seed, epoch,
+A loader yields (uint8 NCHW images, int64 labels) on the device. Both training loaders
+(this one and harness.data.ffcv_loader.FFCVTrainLoader) read the same samples in the same order for a given seed, epoch,
 rank and world size (`epoch_order`), so switching `data.loader` changes speed, not results;
 only on images larger than 32x32, where the FFCV loader random-resized-crops while decoding,
 do its crops come from another random stream than the batched augmentation's.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-
-from harness.data.ffcv_io import keep_torch_threads
 
 
 def epoch_order(indices: np.ndarray, seed: int, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
@@ -62,35 +59,3 @@ class MemoryLoader:
         for start in range(0, stop, self.batch_size):
             sel = idx[start:start + self.batch_size]
             yield self.images.index_select(0, sel), self.labels.index_select(0, sel)  # 20x [sel] on CPU
-
-
-class FFCVTrainLoader:
-    """FFCV pipelines over the imbalance indices: RANDOM order, one disjoint share per rank.
-    With `crop` (a `standard` augmentation part), images of `crop_size` are random-resized-cropped
-    and flipped while decoding, in FFCV's worker threads."""
-
-    def __init__(self, path: str | Path, indices: np.ndarray, batch_size: int, *, seed: int,
-                 num_workers: int, rank: int = 0, world: int = 1, device=torch.device("cpu"),
-                 crop=None, crop_size: int | None = None):
-        self.device = torch.device(device)
-        with keep_torch_threads():  # importing FFCV sets them too
-            from harness.data.ffcv_loader import CropFlipDecoder, ffcv_loader
-            pipeline = None if crop is None else [CropFlipDecoder(crop_size, crop.scale, crop.ratio, seed)]
-            self.loader = ffcv_loader(path, batch_size, indices=indices, shuffle=True, seed=seed,
-                                      num_workers=num_workers, drop_last=True, rank=rank, world=world,
-                                      image_pipeline=pipeline)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.next_epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        pin = self.device.type == "cuda"
-        with keep_torch_threads():
-            batches = iter(self.loader)
-        for x, y in batches:
-            if pin:
-                x, y = x.pin_memory(), y.pin_memory()
-            yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin).long()

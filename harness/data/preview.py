@@ -44,8 +44,8 @@ def samples(card, source_root: str | Path | None, prepared_root: str | Path, row
         idx = pick(source.labels("train"), rows)
         images = torch.from_numpy(source.images("train", card.resolution, indices=idx)).permute(0, 3, 1, 2)
         return images.contiguous(), torch.from_numpy(source.labels("train")[idx])
+    from harness.data.beton import Beton
     from harness.data.conversion import data_dir, verify
-    from harness.data.ffcv_io import beton_labels, read_beton
     verify(card, prepared_root)
-    path = data_dir(card, prepared_root) / "train.beton"
-    return read_beton(path, pick(beton_labels(path), rows))
+    train = Beton(data_dir(card, prepared_root) / "train.beton")
+    return train.read(pick(train.labels, rows))

@@ -3,8 +3,8 @@
 plan (what to make) -> run (make one shard, resumable) -> pack (read it back, write .beton files);
 job (the job file, its shards on a launcher: tools/generate_tail.py).
 """
-from harness.generate.model import check_model, load_pipeline, load_pipeline_for, set_scheduler
 from harness.generate.job import Job, read_job, run_job
+from harness.generate.model import check_model, load_pipeline, load_pipeline_for, set_scheduler
 from harness.generate.pack import load_generated, pack
 from harness.generate.plan import GenerateConfig, Item, Plan, item_seed, plan_counts, shard
 from harness.generate.run import collect_manifest, generate_shard, write_manifest, write_plan

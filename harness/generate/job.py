@@ -5,13 +5,12 @@
 read_job (file + key=value overrides, validated) -> plan_job (dataset card, imbalance profile
 on the prepared training labels, fill policy) -> check_model -> shards over array tasks x
 ranks (submitit on SLURM or as local processes, or this process) -> finalize (manifest.jsonl,
-synthetic.beton + labels, the real+synthetic file the `synthetic` augmentation reads).
+generated.beton + labels, the real+generated file that a grid's data.generated reads).
 Shard `task * ranks + rank` of `array_size * ranks`; any split gives the same images, and a
 re-run skips the images (and the array tasks) already done.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -138,21 +137,20 @@ def assumed_balanced(data: DataConfig) -> bool:
 
 
 def train_split(data: DataConfig, dry_run: bool = False):
-    """(card, train.beton, long-tailed split) exactly as training builds them from `data`.
+    """(card, train.beton as a Beton, long-tailed split) exactly as training builds them from `data`.
 
     A dry run on a dataset not prepared yet plans from n_max images per class (the card's);
     train.beton is then None.
     """
-    from harness.data import load_card, prepare
-    from harness.data.ffcv_io import beton_labels
+    from harness.data import Beton, load_card, prepare
     from harness.data.imbalance import long_tail
 
     card = load_card(data.dataset)
     if dry_run and assumed_balanced(data):
         train, labels = None, np.repeat(np.arange(card.num_classes), card.n_max)
     else:
-        train = prepare(card, data.root) / "train.beton"
-        labels = beton_labels(train)
+        train = Beton(prepare(card, data.root) / "train.beton")
+        labels = train.labels
     split = long_tail(labels, card.num_classes, data.imbalance, data.imbalance_factor,
                       data.imbalance_params, data.val_fraction if data.val == "split" else 0.0)
     return card, train, split
@@ -213,10 +211,8 @@ def join_ranks():
 
 def _real_images(spec: ShardSpec) -> dict[int, list[np.ndarray]]:
     """img2img: class -> the class's images in the long-tailed training subset (HWC uint8)."""
-    from harness.data.ffcv_io import read_beton
-
     _, train, split = train_split(spec.data)
-    images, labels = read_beton(train, split.indices)
+    images, labels = train.read(split.indices)
     images, labels = images.permute(0, 2, 3, 1).numpy(), labels.numpy()
     return {c: list(images[labels == c]) for c in range(len(spec.counts))}
 
@@ -295,8 +291,8 @@ def _executor(job: Job, spec: ShardSpec, n_tasks: int):
         executor.update_parameters(timeout_min=7 * 24 * 60, tasks_per_node=spec.ranks,
                                    gpus_per_node=min(spec.ranks, torch.cuda.device_count()))
         return executor
-    from harness.cluster import check_cluster, load_profile
-    from harness.slurm import executor
+    from harness.sweep.profiles import check_cluster, load_profile
+    from harness.sweep.slurm import executor
 
     profile = load_profile(job.launch.profile, job.launch.slurm)
     check_cluster(profile)
@@ -343,7 +339,7 @@ def _jobs_file(spec: ShardSpec) -> Path:
 def _running(cluster: str, jobs: list) -> int:
     """How many of `jobs` are still queued or running (SLURM: one squeue call)."""
     if cluster == "slurm":
-        from harness.slurm import queued
+        from harness.sweep.scheduler import queued
 
         return len(queued([j.job_id for j in jobs]))
     return sum(not j.done() for j in jobs)
@@ -351,7 +347,7 @@ def _running(cluster: str, jobs: list) -> int:
 
 def wait_for_earlier(spec: ShardSpec) -> None:
     """If SLURM jobs of an earlier submission of this output folder are still queued, wait for them."""
-    from harness.slurm import queued
+    from harness.sweep.scheduler import queued
 
     path = _jobs_file(spec)
     if not path.is_file() or json.loads(path.read_text())["cluster"] != "slurm":
@@ -394,7 +390,7 @@ def _task_summaries(task: int, job, ranks: int) -> list[dict]:
 
 def finalize(spec: ShardSpec) -> dict:
     """After all shards: drop stale temp files, write manifest.jsonl, pack the .beton files."""
-    from harness.data.synthetic_mix import mixed_beton
+    from harness.data.generated import mixed_beton
     from harness.generate.pack import pack
     from harness.generate.run import write_manifest
 
@@ -427,54 +423,3 @@ def run_job(job: Job, spec: ShardSpec) -> list[dict]:
     summaries = submit(job, spec, tasks) if tasks else []
     finalize(spec)
     return summaries
-
-
-# --- command line --------------------------------------------------------------------------------
-
-def main(argv: list[str]) -> int:
-    from harness.cli import fail
-    from harness.generate.model import check_model
-
-    p = argparse.ArgumentParser(prog="tools/generate_tail.py",
-                                description="Fill the tail classes of a long-tailed set with Stable Diffusion images.")
-    p.add_argument("job", help="job file, e.g. jobs/generate.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. generate.steps=10 launch.array_size=4")
-    p.add_argument("--cluster", choices=["slurm", "local", "debug"], help="launcher (default: the job file's)")
-    p.add_argument("--model", help="diffusers model directory (or cached hub id); overrides generate.model")
-    p.add_argument("--out", help="output folder (default: the job file's out_dir, else <data root>/generated/<name>)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and the shards; generate nothing")
-    args = p.parse_intermixed_args(argv)
-    options = {"launch.cluster": args.cluster, "generate.model": args.model, "out_dir": args.out}
-    try:
-        job = read_job(args.job, args.overrides, {k: v for k, v in options.items() if v is not None})
-        if args.dry_run:
-            print(describe(job, plan_job(job, dry_run=True)))
-            print(f"model: {_model_status(job.gen.model)}")
-            return 0
-        check_model(job.gen.model)
-        spec = plan_job(job)
-        if not sum(spec.counts):
-            print(f"job {job.name}: no class needs images (fill {job.gen.fill}); nothing to do")
-            return 0
-        summaries = run_job(job, spec)
-    except ConfigError as e:
-        return fail(str(e))
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    for s in sorted(summaries, key=lambda s: s["shard"]):
-        print(f"shard {s['shard']}/{s['num_shards']} (task {s['task']} rank {s['rank']}/{s['world']}, "
-              f"{s['backend']}): {s['generated']} generated, {s['skipped']} skipped, {s['images_per_s']:.2f} img/s")
-    print(f"job {job.name}: {sum(spec.counts)} images ({sum(s['generated'] for s in summaries)} new) in "
-          f"{spec.out_dir} (manifest.jsonl, synthetic.beton)")
-    return 0
-
-
-def _model_status(model: str) -> str:
-    from harness.generate.model import check_model
-
-    try:
-        check_model(model)
-    except ConfigError as e:
-        return f"NOT USABLE: {e}"
-    return f"{model} ok"

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from harness.generate.run import _write_json, collect_manifest
+from harness.files import atomic_path, atomic_write_json
+from harness.generate.run import collect_manifest
 from harness.registry import ConfigError
 
 
@@ -46,12 +46,13 @@ def load_generated(out_dir: str | Path, require_complete: bool = True) -> tuple[
 
 
 def pack(out_dir: str | Path) -> dict:
-    """synthetic.beton, synthetic_labels.npy and synthetic.json from a complete folder (after write_manifest).
+    """generated.beton, generated_labels.npy and generated.json from a complete folder (after
+    write_manifest); their names are harness.data.generated's, which reads them.
 
-    Skipped when synthetic.json already describes the current manifest.jsonl. Returns synthetic.json.
+    Skipped when generated.json already describes the current manifest.jsonl. Returns generated.json.
     """
-    from harness.data.ffcv_io import write_beton
-    from harness.data.synthetic_mix import BETON, INFO, LABELS
+    from harness.data.beton import write_beton
+    from harness.data.generated import BETON, INFO, LABELS
 
     out_dir = Path(out_dir)
     digest = hashlib.sha256((out_dir / "manifest.jsonl").read_bytes()).hexdigest()
@@ -64,10 +65,9 @@ def pack(out_dir: str | Path) -> dict:
     images, labels = load_generated(out_dir)
     if len(labels):
         write_beton(out_dir / BETON, images, labels)
-    tmp = out_dir / f".{LABELS}.{os.getpid()}.npy"
-    np.save(tmp, labels)
-    os.replace(tmp, out_dir / LABELS)
+    with atomic_path(out_dir / LABELS) as tmp, open(tmp, "wb") as f:
+        np.save(f, labels)
     info = {"class_names": plan["class_names"], "counts": plan["counts"], "images": int(len(labels)),
             "size": list(images.shape[1:3]), "manifest_sha256": digest}
-    _write_json(info_path, info)  # last: it marks the pack as done
+    atomic_write_json(info_path, info)  # last: it marks the pack as done
     return info

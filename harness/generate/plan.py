@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, Sequence, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 import yaml
 

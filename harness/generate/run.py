@@ -15,16 +15,17 @@ resumes by skipping what exists.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from harness.console import Progress
+from harness.files import atomic_path, atomic_write_json, atomic_write_text
 from harness.generate.model import as_img2img, as_txt2img, set_scheduler
 from harness.generate.plan import GenerateConfig, Item, Plan, shard
 from harness.registry import ConfigError
@@ -40,20 +41,6 @@ def row_path(out_dir: str | Path, item: Item) -> Path:
 
 def is_done(out_dir: str | Path, item: Item) -> bool:
     return image_path(out_dir, item).is_file() and row_path(out_dir, item).is_file()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then rename onto `path`; the temp name is unique to this process."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1) + "\n"))
 
 
 def write_plan(out_dir: str | Path, plan: Plan) -> None:
@@ -80,7 +67,7 @@ def write_plan(out_dir: str | Path, plan: Plan) -> None:
                               f"use a new output folder or restore the file")
         if old == new:
             return
-    _write_json(path, new)
+    atomic_write_json(path, new)
 
 
 def _init_image(cfg: GenerateConfig, init_images, item: Item) -> tuple[Image.Image, int]:
@@ -125,43 +112,6 @@ def generate_batch(pipe, cfg: GenerateConfig, plan: Plan, batch: Sequence[Item],
     return pipe(**kwargs).images, init_index
 
 
-class _Progress:
-    """A tqdm bar on a terminal; otherwise one plain line every `every` seconds and at the end."""
-
-    def __init__(self, total: int, done: int, label: str, every: float = 60.0):
-        self.total, self.done, self.label, self.every = total, done, label, every
-        self.start = self.last = time.monotonic()
-        self.new = 0
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=done, desc=label, unit="img")
-
-    def update(self, n: int) -> None:
-        self.done += n
-        self.new += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif time.monotonic() - self.last >= self.every:
-            self._line()
-
-    def _line(self) -> None:
-        self.last = time.monotonic()
-        rate = self.new / max(self.last - self.start, 1e-9)
-        line = f"{self.label}: {self.done}/{self.total} images"
-        if self.new:
-            line += f", {rate:.2f} img/s"
-            if self.done < self.total:
-                line += f", eta {(self.total - self.done) / rate / 60:.1f} min"
-        print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        else:
-            self._line()
-
-
 def generate_shard(cfg: GenerateConfig, plan: Plan, out_dir: str | Path, shard_index: int,
                    num_shards: int, pipe, *, init_images: Mapping[int, Sequence[np.ndarray]] | None = None,
                    log_every: float = 60.0) -> dict:
@@ -187,7 +137,8 @@ def generate_shard(cfg: GenerateConfig, plan: Plan, out_dir: str | Path, shard_i
     total = sum(len(b) for b in batches)
     todo = [b for b in batches if not all(is_done(out_dir, item) for item in b)]
     skipped = total - sum(sum(not is_done(out_dir, item) for item in b) for b in todo)
-    progress = _Progress(total, skipped, f"generate shard {shard_index}/{num_shards}", log_every)
+    progress = Progress(total, f"generate shard {shard_index}/{num_shards}", initial=skipped, every_s=log_every,
+                        unit="img", log=lambda line: print(line, file=sys.stderr, flush=True))
     start, generated = time.monotonic(), 0
     for batch in todo:
         images, init_index = generate_batch(pipe, cfg, plan, batch, init_images)
@@ -198,14 +149,24 @@ def generate_shard(cfg: GenerateConfig, plan: Plan, out_dir: str | Path, shard_i
                 img = img.resize((cfg.out_size, cfg.out_size), Image.LANCZOS)
             path = image_path(out_dir, item)
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_json(row_path(out_dir, item), _row(cfg, plan, item, k))
-            _atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+            atomic_write_json(row_path(out_dir, item), _row(cfg, plan, item, k))
+            with atomic_path(path) as tmp:
+                img.save(tmp, format="PNG")
             generated += 1
-            progress.update(1)
-    progress.close()
+            progress.update(skipped + generated, lambda: rate_and_eta(progress))
+    progress.close(lambda: rate_and_eta(progress))
     seconds = time.monotonic() - start
     return {"shard": shard_index, "num_shards": num_shards, "items": total, "generated": generated,
             "skipped": skipped, "seconds": seconds, "images_per_s": generated / max(seconds, 1e-9)}
+
+
+def rate_and_eta(progress: Progress) -> str:
+    """'0.52 img/s, eta 3.1 min' for a shard's progress line."""
+    rate = progress.rate()
+    if not rate:
+        return "images"
+    eta = f", eta {(progress.total - progress.done) / rate / 60:.1f} min" if progress.done < progress.total else ""
+    return f"images, {rate:.2f} img/s{eta}"
 
 
 def collect_manifest(out_dir: str | Path) -> list[dict]:
@@ -221,5 +182,5 @@ def write_manifest(out_dir: str | Path) -> Path:
     """Gather the sidecar rows into out_dir/manifest.jsonl (run once, after all shards)."""
     path = Path(out_dir) / "manifest.jsonl"
     text = "".join(json.dumps(row) + "\n" for row in collect_manifest(out_dir))
-    _atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write_text(path, text)
     return path

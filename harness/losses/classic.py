@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.losses import LOSSES, Loss, effective_number_weights, require, upcast
+from harness.losses.base import LOSSES, Loss, effective_number_weights, require, upcast
 
 FOCAL_GAMMA = 2.0
 """Lin et al. 2017: γ = 2 works best in their ablation (Table 1b) and is RetinaNet's value.

@@ -16,7 +16,7 @@ import inspect
 import sys
 from typing import ClassVar
 
-from harness.losses import Loss, effective_number_weights, require, upcast
+from harness.losses.base import Loss, effective_number_weights, require, upcast
 from harness.registry import Registry
 
 DRW_BETA = 0.9999

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from harness.losses import LOSSES, Loss, require, target_mask
+from harness.losses.base import LOSSES, Loss, require, target_mask
 
 LDAM_MAX_M = 0.5
 """Cao et al. 2019: the largest margin (the rarest class), CIFAR setting."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from harness.losses import LOSSES, Loss, log_prior
+from harness.losses.base import LOSSES, Loss, log_prior
 
 LA_TAU = 1.0
 """Menon et al. 2021: τ = 1 is the Bayes-consistent choice for the balanced error."""

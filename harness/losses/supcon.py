@@ -6,7 +6,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from harness.losses import LOSSES, Loss, require, upcast
+from harness.losses.base import LOSSES, Loss, require, upcast
 
 SUPCON_TEMPERATURE = 0.1
 """Khosla et al. 2020: τ = 0.1 for their ImageNet results (the code's default is 0.07)."""

@@ -1,0 +1,116 @@
+"""The loss interface, its registry, and the helpers the losses share.
+
+A loss is built by the trainer as `LOSSES.build(name, params, class_counts=counts)`, where
+`counts` holds the per-class training counts of the long-tailed set and `params` comes
+from the grid (keys are checked against the constructor before anything runs).
+
+The interface (`Loss`):
+
+- `head`: the classifier head the loss needs. "linear": logits W·f + b. "cosine": the head
+  returns cos θ (unit feature · unit weight, no bias, not scaled); the loss applies its
+  own scale and margins. "projection": the loss works on an embedding (`features`, the
+  projection head's output where the model has one) and, in joint mode, a linear head.
+- `forward(logits, target, features=None)`: a scalar, the mean over the batch.
+- `set_epoch(epoch, epochs)`: called at the start of every epoch (0-based).
+- `adjust_logits(logits)`: the scores to predict with at evaluation.
+
+Losses that compute one value per sample (`per_sample`) get a `<name>_drw` variant for
+free: deferred re-weighting (see `harness.losses.drw`).
+
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.registry import ConfigError, Registry
+
+Head = Literal["linear", "cosine", "projection"]
+
+LOSSES: Registry[type["Loss"]] = Registry("loss")
+
+
+class Loss(nn.Module):
+    """Base class: subclasses define `per_sample` (or override `forward`)."""
+
+    head: ClassVar[Head] = "linear"
+    drw_compatible: ClassVar[bool] = True
+    """Whether a `<name>_drw` variant is registered (needs an unweighted `per_sample`)."""
+
+    def __init__(self, class_counts: torch.Tensor):
+        super().__init__()
+        self.register_buffer("class_counts", check_counts(class_counts), persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.class_counts.numel()
+
+    def per_sample(self, logits: torch.Tensor, target: torch.Tensor,
+                   features: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of each sample, shape [B], without any per-class weight."""
+        raise NotImplementedError
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,
+                features: torch.Tensor | None = None) -> torch.Tensor:
+        return self.per_sample(upcast(logits), target, features).mean()
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer at the start of each epoch (0-based); default: nothing."""
+
+    def adjust_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Scores to predict with at evaluation; default: the logits themselves."""
+        return logits
+
+
+# ---------------------------------------------------------------------------------------
+# helpers shared by the losses
+
+def check_counts(class_counts) -> torch.Tensor:
+    """The per-class training counts as a 1-D float tensor; every class must be present."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float64).detach().cpu()
+    if counts.dim() != 1 or counts.numel() < 2:
+        raise ConfigError(f"class_counts must be a 1-D tensor with one count per class, "
+                          f"got shape {tuple(counts.shape)}")
+    empty = (counts <= 0).nonzero().flatten().tolist()
+    if empty:
+        raise ConfigError(f"classes {empty} have no training images; the losses need every class "
+                          f"present (lower the imbalance factor or raise n_max)")
+    return counts.float()
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits (autocast) are computed with in float32; float64 stays float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def require(ok: bool, message: str) -> None:
+    """Reject a bad hyper-parameter value from the grid with a one-line message."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def log_prior(counts: torch.Tensor) -> torch.Tensor:
+    """log π_j with π_j = n_j / Σ n, the training label distribution."""
+    counts = counts.double()
+    return (counts / counts.sum()).log().float()
+
+
+def effective_number_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
+    """Cui et al. 2019: w_j ∝ (1 - β) / (1 - β^n_j), normalised so that Σ_j w_j = C.
+
+    β = 0 gives equal weights (no re-weighting); β = 1 is the limit 1 / n_j (inverse
+    class frequency).
+    """
+    require(0.0 <= beta <= 1.0, f"beta must be in [0, 1], got {beta}")
+    counts = counts.double()
+    effective_number = counts if beta == 1.0 else (1.0 - beta ** counts) / (1.0 - beta)
+    weights = 1.0 / effective_number
+    return (weights * counts.numel() / weights.sum()).float()
+
+
+def target_mask(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Boolean [B, C] mask that is true at each sample's target class."""
+    return F.one_hot(target, logits.shape[1]).bool()

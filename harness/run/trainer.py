@@ -1,0 +1,185 @@
+"""The one trainer: every loss, model, augmentation and launcher is a part it is handed.
+
+    Trainer(cfg, run_dir).train()  ->  run_dir/{config.yaml, tb/, ckpt/last.pt, progress.json, result.json}
+
+It does not care how it was launched: a single CPU process, a SLURM task or a torchrun rank.
+Only rank 0 writes (the Recorder). A checkpoint is written atomically at the end of every epoch
+and when a stop is requested (preemption); starting the same run again resumes from it.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from harness import dist
+from harness.config import RunConfig
+from harness.data.build import Data, build_data
+from harness.losses import LOSSES, Loss
+from harness.metrics import METRICS, summarize
+from harness.models import build_model, resolve_head
+from harness.run import record
+from harness.run.checkpoint import Checkpointer
+from harness.run.optim import build_optimizer, lr_factor, peak_lr
+from harness.run.record import Recorder
+from harness.run.wrap import Precision, choose_precision, uses_deepspeed, wrap
+from harness.rundir import RunDir
+from harness.stages import stage_config, stage_model
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a NaN loss, ...); the message says what to change."""
+
+
+class Preempted(Exception):
+    """A stop was requested; a checkpoint was saved and the run can be resumed."""
+
+
+class Trainer:
+    """One run of one cell: set up from its config, then `train()`."""
+
+    run_config: RunConfig        # the cell's config, as its folder stores it
+    cfg: RunConfig               # what this run trains with (a second stage: see harness.stages)
+    run_dir: RunDir
+    env: dist.DistEnv            # rank, world size, device
+    data: Data                   # loaders, class counts, augmentation, normalisation
+    criterion: Loss
+    model: torch.nn.Module       # the plain module: what checkpoints hold
+    net: torch.nn.Module         # what the step calls: the model, DDP or DeepSpeed around it
+    optimizer: torch.optim.Optimizer
+    precision: Precision         # bf16 autocast, channels_last
+    gen: torch.Generator         # this rank's augmentation stream
+    checkpoint: Checkpointer
+    record: Recorder
+    epoch: int                   # epochs finished
+    step_in_epoch: int           # steps finished in the current epoch (a resume inside an epoch)
+    history: list                # one row of metrics per finished epoch
+    stop_requested: bool         # set from a signal handler: finish the step, save, stop
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, env: dist.DistEnv | None = None):
+        self.run_config, self.cfg = cfg, stage_config(cfg)
+        cfg = self.cfg
+        self.run_dir = RunDir(run_dir)
+        self.env = env or dist.init(cfg.dist.timeout_s)
+        self.device = self.env.device
+        dist.per_rank_batch(cfg.optim.batch_size, self.env.world_size)  # the global batch must split evenly
+        torch.manual_seed(cfg.seed)
+        self.data = build_data(cfg, self.device, self.env.rank, self.env.world_size)
+        counts = torch.tensor(self.data.counts, dtype=torch.float32, device=self.device)
+        self.criterion = LOSSES.build(cfg.loss.name, cfg.loss.params, class_counts=counts).to(self.device)
+        head = resolve_head(cfg.model.head, type(self.criterion))
+        model = build_model(cfg.model.name, self.data.card.num_classes, head).to(self.device)
+        model = stage_model(self.run_config, self.run_dir.path, model)  # a second stage: the first stage's weights
+        self.precision = choose_precision(cfg, self.device)
+        model = self.precision.prepare(model)
+        self.optimizer = build_optimizer(model, cfg, self.env.world_size)
+        self.model, self.net = wrap(model, self.optimizer, cfg, self.env)
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + self.env.rank)
+        self.steps_per_epoch = len(self.data.train)
+        self.epoch, self.step_in_epoch, self.history = 0, 0, []
+        self.stop_requested = False
+        self.checkpoint = Checkpointer(self.run_dir, self.env, uses_deepspeed(cfg, self.env))
+        self.checkpoint.resume(self)
+        self.record = Recorder(self.run_dir, self.env, cfg, self.data, resumed_at=self.epoch)
+
+    # -- one step, one epoch, evaluation -----------------------------------------------------
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> normalised float inputs in the run's memory layout."""
+        return self.precision.layout((x.float() - self.data.mean) / self.data.std)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        batch = self.data.batch_augment(x, y, self.gen)
+        with self.precision.autocast():
+            logits, features = self.net(self.inputs(batch.x))
+        logits, features = logits.float(), features.float()
+        loss = self.criterion(logits, batch.y, features)
+        if batch.y2 is not None:  # mixup, cutmix: the partner's label with weight 1 - lam
+            loss = batch.lam * loss + (1 - batch.lam) * self.criterion(logits, batch.y2, features)
+        if self.checkpoint.deepspeed:  # its engine reduces the gradients over the ranks and steps the shards
+            self.net.backward(loss)
+            self.net.step()
+        else:  # DDP reduces the gradients during backward
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        return loss.detach()
+
+    def train_epoch(self) -> dict:
+        self.net.train()
+        self.criterion.set_epoch(self.epoch, self.cfg.schedule.epochs)
+        self.data.train.set_epoch(self.epoch)
+        loss_sum, steps, t0 = torch.zeros((), device=self.device), 0, time.time()
+        every, lr = self.cfg.log.print_every, peak_lr(self.cfg, self.env.world_size)
+        bar = self.record.bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.schedule.epochs} step",
+                              self.step_in_epoch)
+        for i, (x, y) in enumerate(self.data.train):
+            if i < self.step_in_epoch:  # resuming inside an epoch: skip the batches done
+                continue
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * lr_factor(self.cfg, self.epoch + i / self.steps_per_epoch)
+            loss_sum += self.train_step(x, y)
+            steps += 1
+            self.step_in_epoch = i + 1
+            bar.update(self.step_in_epoch, lambda: f"loss {loss_sum.item() / steps:.4f}")
+            if every and self.step_in_epoch % every == 0:  # every rank, at the same step
+                self.check_finite(loss_sum)
+            if self.step_in_epoch < self.steps_per_epoch and self.stop_agreed():  # at the end: after eval
+                self.checkpoint.save(self)
+                raise Preempted(f"stopped at epoch {self.epoch} step {self.step_in_epoch}")
+        bar.close()
+        loss = dist.all_reduce_sum(loss_sum) / (max(steps, 1) * self.env.world_size)  # over the ranks
+        self.check_finite(loss)
+        elapsed = time.time() - t0
+        return {"loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"],
+                "images_per_s": steps * self.cfg.optim.batch_size / max(elapsed, 1e-9), "time_s": elapsed}
+
+    def check_finite(self, loss_sum: torch.Tensor) -> None:
+        if not torch.isfinite(loss_sum):
+            raise TrainingError(f"loss is {loss_sum.item()} at epoch {self.epoch + 1} step "
+                                f"{self.step_in_epoch}; lower optim.lr or check loss.params")
+
+    @torch.no_grad()
+    def evaluate(self, loader=None) -> dict:
+        """harness.metrics.summarize on the balanced test set (or `loader`'s split), over all ranks."""
+        self.net.eval()
+        c = self.data.card.num_classes
+        confusion = torch.zeros(c * c, device=self.device)
+        for x, y in loader or self.data.test:
+            with self.precision.autocast():
+                logits, _ = self.net(self.inputs(x))
+            pred = self.criterion.adjust_logits(logits.float()).argmax(1)
+            confusion += torch.bincount(y * c + pred, minlength=c * c)
+        dist.all_reduce_sum(confusion)
+        return summarize(confusion.view(c, c).tolist(), self.data.counts)
+
+    def stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop; all ranks agree, so they stop at the same step."""
+        if not self.env.distributed:
+            return self.stop_requested
+        flag = torch.tensor(float(self.stop_requested), device=self.device)
+        return dist.all_reduce_sum(flag).item() > 0
+
+    # -- the outer loop --------------------------------------------------------------------
+    def train(self) -> dict:
+        cfg = self.cfg
+        self.record.start(self.run_config, bool(self.epoch or self.step_in_epoch), self.epoch, self.device)
+        t_start, metrics = time.time(), None
+        while self.epoch < cfg.schedule.epochs:
+            stats = self.train_epoch()
+            metrics = self.evaluate()
+            row = {"epoch": self.epoch + 1, **stats, **{k: metrics[k] for k in METRICS}}
+            if self.data.val is not None:  # model selection on a validation split
+                row["val_top1"] = self.evaluate(self.data.val)["top1"]
+            self.history.append(row)
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            self.record.epoch(row, metrics, self.history)
+            self.checkpoint.save(self)
+            if self.stop_agreed() and self.epoch < cfg.schedule.epochs:
+                raise Preempted(f"stopped after epoch {self.epoch}")
+        # a run killed between its last checkpoint and its result evaluates the saved model again
+        result = record.result(self.run_dir, self.run_config, self.data, self.history, metrics or self.evaluate(),
+                               self.epoch, self.env.world_size, time.time() - t_start)
+        self.record.finish(result)
+        dist.barrier()
+        return result

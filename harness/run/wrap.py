@@ -1,0 +1,103 @@
+"""The model as the training step calls it, and the precision it computes in.
+
+    precision = choose_precision(cfg, device)     # bf16 autocast? channels_last?
+    model, net = wrap(model, optimizer, cfg, env)  # net: model, DDP(model) or DeepSpeed's engine
+
+`model` is the plain module (what checkpoints hold; SyncBatchNorm replaces its BatchNorms when
+asked for), `net` what the step calls: DDP reduces the gradients during backward, DeepSpeed's
+engine (`dist.engine: deepspeed`, ZeRO 0/1/2 over fp32 weights) reduces them and steps the
+optimizer's shards. A bf16 run computes in bf16 through torch's autocast under both (DeepSpeed's
+own bf16 mode casts batch norm's weights but not its running statistics, which batch norm
+refuses). On the CPU DeepSpeed runs over gloo (DS_ACCELERATOR=cpu).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from harness import dist
+from harness.registry import ConfigError
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a run computes: bf16 autocast or fp32, channels_last or NCHW inputs."""
+    device_type: str
+    bf16: bool
+    channels_last: bool
+
+    def autocast(self):
+        """bf16 autocast (under DDP and DeepSpeed alike), or nothing."""
+        return torch.autocast(self.device_type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
+def choose_precision(cfg, device: torch.device) -> Precision:
+    """dist.precision: auto is bf16 autocast on CUDA and fp32 on the CPU; bf16 autocasts on both.
+    model.channels_last applies on CUDA; the CPU keeps NCHW."""
+    cuda = device.type == "cuda"
+    bf16 = cfg.dist.precision == "bf16" or (cfg.dist.precision == "auto" and cuda)
+    return Precision(device.type, bf16, cuda and cfg.model.channels_last)
+
+
+def deepspeed_config(cfg, world_size: int) -> dict:
+    """DeepSpeed's config, derived from the one config tree."""
+    return {
+        "train_batch_size": cfg.optim.batch_size,
+        "train_micro_batch_size_per_gpu": dist.per_rank_batch(cfg.optim.batch_size, world_size),
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": cfg.dist.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "gradient_clipping": 0.0,
+    }
+
+
+def uses_deepspeed(cfg, env: dist.DistEnv) -> bool:
+    """DeepSpeed wraps several ranks; a single process needs no engine and runs plain."""
+    return env.distributed and cfg.dist.engine == "deepspeed"
+
+
+def wrap(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg,
+         env: dist.DistEnv) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(model, net): the plain module and what the step calls (plain, DDP or DeepSpeed; compiled on CUDA).
+    Build `optimizer` on `model`'s parameters first: SyncBatchNorm keeps them."""
+    cuda = env.device.type == "cuda"
+    if env.distributed and cfg.dist.sync_bn:
+        if not cuda:
+            raise ConfigError("dist.sync_bn: SyncBatchNorm runs on GPUs only; set dist.sync_bn: false on the CPU")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if uses_deepspeed(cfg, env):
+        net = deepspeed_engine(model, optimizer, cfg, env.world_size)
+    elif env.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.device.index] if cuda else None)
+    else:
+        net = model
+    if cfg.model.compile and cuda:
+        if uses_deepspeed(cfg, env):
+            net.compile()  # DeepSpeed's engine compiles its module in place
+        else:
+            net = torch.compile(net)
+    return model, net
+
+
+def deepspeed_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg, world_size: int):
+    """DeepSpeed's engine around `model`; it steps `optimizer`, whose groups then hold this rank's shard."""
+    cpu = not torch.cuda.is_available()
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if cpu else "cuda")
+    import deepspeed
+    import deepspeed.ops
+
+    if cpu:  # its shared-memory all-reduce serves inference only; skip JIT-compiling it
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, world_size))
+    return engine

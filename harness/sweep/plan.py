@@ -1,0 +1,138 @@
+"""A sweep: per cell, what to do (from its folder), and handing the cells to a backend.
+
+Re-running a sweep is safe: finished cells are skipped, pending and running ones are left
+alone (the scheduler is asked, once), interrupted ones resume from their checkpoint, failed
+ones rerun only with retry_failed, and cells new to the grid are started.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.grid import Grid
+from harness.registry import ConfigError
+from harness.rundir import RunDir, local_process_alive
+
+BACKENDS = ("local", "debug", "slurm")
+
+
+@dataclass
+class Action:
+    """What the sweep does with one cell: submit (new or resume), or skip and why."""
+    run_dir: Path
+    cell: object
+    state: dict
+    todo: str  # submit | resume | skip
+    why: str = ""
+
+
+def grid_dir(grid: Grid, runs_root: str | Path = "runs") -> Path:
+    """runs/<grid>/: the grid's run folders, one per cell, named by signature."""
+    return Path(runs_root) / grid.name
+
+
+def submitit_dir(grid: Grid, runs_root: str | Path = "runs") -> Path:
+    """runs/<grid>/.submitit/: submitit's job scripts, pickles and logs."""
+    return grid_dir(grid, runs_root) / ".submitit"
+
+
+def cell_states(grid: Grid, runs_root: str | Path = "runs") -> list[tuple[object, RunDir, dict]]:
+    """(cell, run folder, recorded state) for every cell of the grid, in grid order."""
+    root = grid_dir(grid, runs_root)
+    return [(cell, d, d.read_state()) for cell, d in ((c, RunDir(root / c.signature)) for c in grid.cells)]
+
+
+class Liveness:
+    """is_alive(state): SLURM jobs from one squeue call for all the given states; local ones from
+    the process table."""
+
+    def __init__(self, states: list[dict]):
+        from harness.sweep.scheduler import queued
+        ids = [s["job_id"] for s in states
+               if s.get("backend") == "slurm" and s.get("job_id") and s["state"] != "finished"]
+        self.queue = queued(ids) if ids else {}
+
+    def __call__(self, state: dict) -> bool:
+        return self.scheduler_state(state) is not None
+
+    def scheduler_state(self, state: dict) -> str | None:
+        """'pending', 'running', ... while the job is queued or running; None once it is gone."""
+        if state.get("backend") == "slurm":
+            found = self.queue.get(str(state.get("job_id")))
+            return found.lower() if found else None
+        return "running" if local_process_alive(state) else None
+
+
+def plan(grid: Grid, runs_root: str | Path = "runs", retry_failed: bool = False,
+         is_alive=None) -> list[Action]:
+    """One Action per cell. `is_alive(state)` says whether a recorded job is still queued or
+    running (default: the scheduler's answer for SLURM jobs, the process table for local ones)."""
+    cells = cell_states(grid, runs_root)
+    is_alive = is_alive or Liveness([s for _, _, s in cells])
+    actions = []
+    for cell, run_dir, state in cells:
+        s = state["state"]
+        if s == "finished":
+            todo, why = "skip", "finished"
+        elif s != "new" and is_alive(state):
+            todo, why = "skip", f"queued or running, job {state.get('job_id')}"
+        elif s == "failed" and not retry_failed:
+            todo, why = "skip", "failed"
+        elif run_dir.has_checkpoint():
+            todo, why = "resume", s
+        else:
+            todo, why = "submit", s
+        actions.append(Action(run_dir.path, cell, state, todo, why))
+    return actions
+
+
+def start(grid: Grid, actions: list[Action], cluster: str, runs_root: str | Path = "runs"):
+    """Write each cell's folder and hand the cells to the backend (SLURM: returns the job ids per array)."""
+    if cluster not in BACKENDS:
+        raise ConfigError(f"unknown cluster '{cluster}'; use one of {', '.join(BACKENDS)}")
+    if grid.launch.parallel is not None and grid.launch.parallel < 1:
+        raise ConfigError(f"{grid.path}: launch.parallel must be at least 1, got {grid.launch.parallel}")
+    todo = [a for a in actions if a.todo != "skip"]
+    if not todo:
+        return []
+    if cluster == "slurm":
+        from harness.sweep import slurm
+        profile = slurm.ready_profile(grid)  # checked before any folder is written
+    for a in todo:
+        RunDir(a.run_dir).write_cell(grid.name, a.cell)
+    run_dirs = [a.run_dir for a in todo]
+    if cluster == "slurm":
+        return slurm.submit(grid, [a.cell for a in todo], run_dirs, submitit_dir(grid, runs_root), profile)
+    from harness.sweep import local
+    if cluster == "debug":
+        local.run_debug(run_dirs)
+    else:
+        local.run_local(run_dirs, submitit_dir(grid, runs_root), parallel=grid.launch.parallel or 1)
+    return []
+
+
+def describe(actions: list[Action]) -> str:
+    """The dry-run listing: one line per cell."""
+    lines = []
+    for a in actions:
+        what = {"skip": f"skip ({a.why})", "resume": "resume from checkpoint", "submit": "submit"}[a.todo]
+        lines.append(f"{a.cell.signature}  {a.cell.label:<45}  {what}")
+    return "\n".join(lines)
+
+
+def describe_slurm(grid: Grid, actions: list[Action], runs_root: str | Path = "runs") -> str:
+    """The dry-run's SLURM part: each array job that would be submitted and its exact sbatch script."""
+    from harness.sweep import scheduler, slurm
+    todo = [a for a in actions if a.todo != "skip"]
+    if not todo:
+        return "nothing to submit"
+    profile = slurm.ready_profile(grid)
+    folder = submitit_dir(grid, runs_root)
+    arrays = slurm.plan_arrays(profile, grid, [a.cell for a in todo], [a.run_dir for a in todo],
+                               scheduler.max_array_size())
+    out = [f"{len(arrays)} sbatch call(s) for {len(todo)} cells (profile {profile.source})"]
+    for i, array in enumerate(arrays, 1):
+        out.append(f"--- array {i}/{len(arrays)}: {len(array.run_dirs)} cells "
+                   f"({', '.join(d.name for d in array.run_dirs[:4])}{', ...' if len(array.run_dirs) > 4 else ''})")
+        out.append(slurm.sbatch_script(folder, profile, array).rstrip())
+    return "\n".join(out)

@@ -1,0 +1,48 @@
+"""Signatures are folder names: the same experiment must keep landing in the same folder.
+
+Pinned before the files moved (issue 11): any change here moves every run of a grid to a new
+folder, so a change must be deliberate, and the note that changes it says why.
+"""
+import hashlib
+
+import pytest
+
+from harness.config import RunConfig, from_dict, signature
+from harness.grid import load_grid
+from support import ROOT
+
+GRIDS = {  # grid file -> (cells, first three signatures, sha256 of all of them in grid order)
+    "demo.yaml": (4, ["b41b3e2cee", "8ed9ec27bc", "00dc7aa93d"], "a5ee4e73d0fb8636"),
+    "cifar_lt_paper.yaml": (60, ["ece629bff3", "d21e58eb72", "8ce5d5c2d3"], "6664a5717339bd90"),
+    "cifar_lt_decoupled.yaml": (8, ["e832dc64cf", "7f8cd582f8", "b711b4f714"], "200e815e3494967c"),
+}
+
+CONFIGS = {
+    "b9518ad848": {},
+    # moved on purpose (issue 11): generated tail images became data.generated, and the older
+    # spelling `aug: standard+synthetic` is read as that, so both spellings share one folder (it was e57b51ce28)
+    "be4f391d8e": {"aug": {"name": "standard+synthetic",
+                           "params": {"synthetic": {"path": "data/generated/x", "max_share": 0.5}}}},
+    "a92bd7cb46": {"loss": {"name": "supcon", "params": {"mode": "pretrain"}},
+                   "stage": {"kind": "linear", "epochs": 5}},
+    "187a038f27": {"dist": {"engine": "deepspeed", "zero_stage": 2, "precision": "bf16"},
+                   "data": {"loader": "ffcv", "num_workers": 7}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRIDS))
+def test_the_signatures_of_the_shipped_grids_do_not_move(name):
+    cells, first, digest = GRIDS[name]
+    sigs = [c.signature for c in load_grid(ROOT / "jobs" / name).cells]
+    assert (len(sigs), sigs[:3]) == (cells, first)
+    assert hashlib.sha256(" ".join(sigs).encode()).hexdigest()[:16] == digest
+
+
+@pytest.mark.parametrize("sig", sorted(CONFIGS))
+def test_the_signatures_of_single_configs_do_not_move(sig):
+    assert signature(from_dict(RunConfig, CONFIGS[sig])) == sig
+
+
+def test_both_spellings_of_generated_images_share_a_signature():
+    canonical = {"data": {"generated": "data/generated/x"}}
+    assert signature(from_dict(RunConfig, canonical)) == "be4f391d8e"

@@ -1,0 +1,302 @@
+"""Decoupled second stages (cRT, τ-norm, SupCon's linear stage), class-aware sampling, heads
+that follow losses, and the paper grid."""
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from harness.cli.sweep import main as main_sweep
+from harness.config import RunConfig, StageConfig, from_dict, signature
+from harness.data import build_data, load_card
+from harness.data.beton import Beton
+from harness.data.loaders import MemoryLoader
+from harness.data.sampling import SampledMemoryLoader, class_draws, draw_epoch, with_sampler
+from harness.grid import load_grid
+from harness.grid.validate import validate
+from harness.losses import LOSSES
+from harness.models import build_model, resolve_head
+from harness.registry import ConfigError
+from harness.run.optim import lr_factor
+from harness.run.trainer import Trainer
+from harness.rundir import RunDir
+from harness.stages import first_stage_config, first_stage_dir, stage_config, tau_normalise
+from support import ROOT, write_grid
+
+COUNTS = np.array([60, 20, 6, 2])
+
+
+def tail_labels(counts=COUNTS) -> np.ndarray:
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+# ---------------------------------------------------------------------------------------
+# class-aware sampling
+
+def test_class_draws_are_proportional_to_counts_to_the_power_q():
+    assert class_draws(COUNTS, 1.0).tolist() == COUNTS.tolist()
+    assert class_draws(COUNTS, 0.0).tolist() == [22, 22, 22, 22]
+    root = np.sqrt(COUNTS) / np.sqrt(COUNTS).sum() * COUNTS.sum()
+    draws = class_draws(COUNTS, 0.5)
+    assert draws.sum() == COUNTS.sum() and np.abs(draws - root).max() < 1
+
+
+def test_a_class_balanced_epoch_cycles_through_each_class_evenly():
+    labels = tail_labels()
+    drawn = draw_epoch(labels, 0.0, seed=3, epoch=0)
+    assert len(drawn) == len(labels)
+    assert np.bincount(labels[drawn]).tolist() == [22, 22, 22, 22]
+    visits = np.bincount(drawn, minlength=len(labels))
+    for c, n in enumerate(COUNTS):  # 22 draws over n images: every image 22 // n or one more times
+        mine = visits[labels == c]
+        assert mine.min() == 22 // n and mine.max() == -(-22 // n), c
+    assert np.array_equal(drawn, draw_epoch(labels, 0.0, seed=3, epoch=0))
+    assert not np.array_equal(drawn, draw_epoch(labels, 0.0, seed=3, epoch=1))
+
+
+def test_the_memory_loader_draws_class_balanced_batches_shared_over_ranks():
+    labels = torch.from_numpy(tail_labels())
+    images = torch.arange(len(labels), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 2, 2)
+    cfg = from_dict(RunConfig, {"stage": {"sampler": "class"}})
+    seen = []
+    for rank in (0, 1):
+        base = MemoryLoader(images, labels, 11, shuffle=True, seed=5, rank=rank, world=2, drop_last=True)
+        loader = with_sampler(base, cfg, labels.numpy())
+        assert isinstance(loader, SampledMemoryLoader) and len(loader) == len(base) == 4
+        loader.set_epoch(2)
+        for x, y in loader:
+            assert torch.equal(labels[x[:, 0, 0, 0].long()], y)
+            seen.append(y)
+    assert torch.bincount(torch.cat(seen)).tolist() == [22, 22, 22, 22]
+    plain = from_dict(RunConfig, {})
+    assert with_sampler(base, plain, labels.numpy()) is base  # instance-balanced: the plain loader
+
+
+@pytest.mark.slow
+def test_the_ffcv_loader_draws_class_balanced_epochs(tmp_path, tiny_card):
+    cfg = from_dict(RunConfig, {"data": {"dataset": str(tiny_card), "root": str(tmp_path), "loader": "ffcv",
+                                         "num_workers": 1, "imbalance_factor": 10},
+                                "optim": {"batch_size": 16}, "stage": {"sampler": "class"}})
+    data = build_data(cfg, torch.device("cpu"))
+    assert data.counts[0] == 60 and data.counts[-1] == 6
+    epochs = []
+    for epoch in (0, 1):
+        data.train.set_epoch(epoch)
+        epochs.append(torch.cat([y.clone() for _, y in data.train]))  # FFCV reuses its batch buffers
+    for labels in epochs:
+        per_class = torch.bincount(labels, minlength=10)
+        assert len(labels) == len(data.train) * 16 == 240 and per_class.tolist() == [24] * 10
+    assert not torch.equal(epochs[0], epochs[1])
+
+
+# ---------------------------------------------------------------------------------------
+# heads follow losses
+
+def test_supcon_gets_a_projection_head_and_the_others_their_features():
+    x = torch.randn(4, 3, 32, 32)
+    supcon = build_model("resnet8", 10, resolve_head("auto", LOSSES.get("supcon")))
+    logits, z = supcon(x)
+    assert logits.shape == (4, 10) and z.shape == (4, 128)
+    logits, f = build_model("resnet8", 10, resolve_head("auto", LOSSES.get("ce")))(x)
+    assert f.shape == (4, 64) and build_model("resnet8", 10, "linear").projection is None
+    ldam = build_model("resnet8", 10, resolve_head("auto", LOSSES.get("ldam_drw")))
+    cos, _ = ldam(x)
+    assert cos.abs().max() <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("tree, key", [
+    ({"loss": {"name": "ldam"}, "model": {"head": "linear"}}, "model.head"),
+    ({"loss": {"name": "supcon"}, "model": {"head": "cosine"}}, "model.head"),
+    ({"loss": {"name": "ce"}, "model": {"head": "cosine"}}, "model.head"),
+    ({"loss": {"name": "ce"}, "model": {"head": "projection"}}, "model.head"),
+    ({"loss": {"name": "ldam_drw"}, "stage": {"kind": "tau_norm"}}, "stage.kind"),
+    ({"loss": {"name": "supcon", "params": {"mode": "pretrain"}}, "stage": {"kind": "tau_norm"}}, "stage.kind"),
+    ({"stage": {"from_run": "0123456789"}}, "stage.from_run"),
+    ({"stage": {"kind": "crt", "epochs": 0}}, "stage.epochs"),
+])
+def test_incompatible_combinations_are_config_errors_naming_the_key(tree, key):
+    with pytest.raises(ConfigError, match=f"key '{key}'"):
+        validate(from_dict(RunConfig, tree))
+
+
+def test_compatible_heads_and_stages_validate():
+    for tree in ({"loss": {"name": "supcon"}, "model": {"head": "linear"}},
+                 {"loss": {"name": "supcon"}, "model": {"head": "projection"}},
+                 {"loss": {"name": "ldam_drw"}, "stage": {"kind": "crt"}},
+                 {"loss": {"name": "supcon", "params": {"mode": "pretrain"}}, "stage": {"kind": "linear"}},
+                 {"loss": {"name": "balanced_softmax"}, "stage": {"kind": "tau_norm", "tau": 0.5}}):
+        validate(from_dict(RunConfig, tree))
+
+
+def test_a_default_stage_leaves_the_signature_alone_and_a_second_stage_finds_its_first():
+    plain = from_dict(RunConfig, {"loss": {"name": "ce"}})
+    crt = from_dict(RunConfig, {"loss": {"name": "ce"}, "stage": {"kind": "crt"}})
+    assert signature(crt) != signature(plain) == signature(first_stage_config(crt))
+    # fields a kind does not use are reset, so they split no signatures
+    unused = from_dict(RunConfig, {"loss": {"name": "ce"}, "stage": {"kind": "train", "epochs": 3, "tau": 0.5}})
+    assert unused.stage == StageConfig() and signature(unused) == signature(plain)
+    assert first_stage_dir(crt, "runs/g/abc").path.as_posix() == f"runs/g/{signature(plain)}"
+    by_sig = dataclasses.replace(crt, stage=StageConfig(kind="crt", from_run="0123abcdef"))
+    assert first_stage_dir(by_sig, "runs/g/abc").path.as_posix() == "runs/g/0123abcdef"
+    # a second stage trains CE on a linear head on its own short schedule
+    run = stage_config(crt)
+    assert (run.loss.name, run.model.head, run.schedule.epochs, run.schedule.decay) == ("ce", "linear", 10, "cosine")
+    assert stage_config(plain) is plain
+    assert stage_config(dataclasses.replace(crt, stage=StageConfig(kind="tau_norm"))).schedule.epochs == 0
+
+
+def test_tau_normalise_divides_each_row_by_its_norm_to_the_tau():
+    w = torch.tensor([[3.0, 4.0], [0.6, 0.8], [0.0, 2.0]])
+    assert torch.allclose(tau_normalise(w, 1.0), torch.tensor([[0.6, 0.8], [0.6, 0.8], [0.0, 1.0]]))
+    assert torch.allclose(tau_normalise(w, 0.0), w)
+    half = tau_normalise(w, 0.5)
+    assert torch.allclose(half.norm(dim=1), w.norm(dim=1) ** 0.5)
+
+
+# ---------------------------------------------------------------------------------------
+# end to end: a grid with stage.kind [train, crt, tau_norm] through the sweep, in process
+
+DECOUPLED = "stage.kind: [train, crt, tau_norm]"
+
+
+@pytest.fixture(scope="module")
+def decoupled(tmp_path_factory, tiny_card):
+    """A 2-epoch first stage, a 1-epoch cRT and a τ-norm, run by tools/sweep.py --cluster debug."""
+    folder = tmp_path_factory.mktemp("decoupled")
+    grid = write_grid(folder, tiny_card, folder / "data", grid=DECOUPLED,
+                      extra="  stage.epochs: [1]\n  log.images: [false]\n")
+    assert main_sweep([str(grid), "--cluster", "debug", "--runs", str(folder / "runs")]) == 0
+    runs = {RunDir(p).read_config().stage.kind: p for p in (folder / "runs" / "g").glob("[0-9a-f]*")}
+    return folder, grid, runs
+
+
+def load(path):
+    return RunDir(path).load_checkpoint()
+
+
+def result(path):
+    return yaml.safe_load((path / "result.json").read_text())
+
+
+def test_each_stage_stores_its_own_config_under_its_signature(decoupled):
+    _, grid, runs = decoupled
+    assert set(runs) == {"train", "crt", "tau_norm"}
+    for kind, path in runs.items():
+        cfg = RunDir(path).read_config()
+        assert signature(cfg) == path.name and cfg.loss.name == "ce"
+        assert result(path)["config"]["stage"]["kind"] == kind
+    assert first_stage_dir(RunDir(runs["crt"]).read_config(), runs["crt"]).path == runs["train"]
+    assert {kind: result(path)["epochs"] for kind, path in runs.items()} == {"train": 2, "crt": 1, "tau_norm": 0}
+
+
+def test_crt_keeps_the_first_stage_features_and_retrains_a_new_classifier(decoupled):
+    _, _, runs = decoupled
+    first, crt = load(runs["train"])["model"], load(runs["crt"])["model"]
+    backbone = {k: v for k, v in first.items() if k.startswith("backbone.")}
+    assert backbone and "running_mean" in "".join(backbone)  # BatchNorm statistics included
+    for key, value in backbone.items():
+        assert torch.equal(crt[key.replace("backbone.", "backbone.module.", 1)], value), key
+    assert not torch.allclose(crt["head.weight"], first["head.weight"])
+
+
+def test_tau_norm_predicts_with_the_normalised_first_stage_classifier(decoupled, tiny_card):
+    folder, _, runs = decoupled
+    cfg = RunDir(runs["train"]).read_config()
+    model = build_model("resnet8", 10, "linear").eval()
+    model.load_state_dict(load(runs["train"])["model"])
+    x, y = Beton(folder / "data" / "tiny" / "test.beton").read()
+    card = load_card(str(tiny_card))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) * 255 for v in (card.mean, card.std))
+    with torch.no_grad():
+        features = model.backbone((x.float() - mean) / std)
+        w = model.head.weight
+        pred = (features @ (w / w.norm(dim=1, keepdim=True)).T).argmax(1)
+    expected = 100 * (pred == y).float().mean().item()
+    assert result(runs["tau_norm"])["final"]["top1"] == pytest.approx(expected, abs=1e-6)
+    assert cfg.stage.kind == "train"
+
+
+def test_a_second_stage_by_signature_or_path_and_its_errors(decoupled):
+    folder, grid, runs = decoupled
+    base = RunDir(runs["crt"]).read_config()
+    sig, path = runs["train"].name, str(runs["train"])
+    for source in (sig, path):
+        cfg = dataclasses.replace(base, stage=StageConfig(kind="tau_norm", from_run=source))
+        trainer = Trainer(cfg, folder / "runs" / "g" / "by_source")
+        assert trainer.model.head.weight.norm(dim=1).allclose(torch.ones(10))
+    missing = dataclasses.replace(base, stage=StageConfig(kind="crt", from_run="0000000000"))
+    with pytest.raises(ConfigError, match="first-stage run .*0000000000 not found"):
+        Trainer(missing, folder / "runs" / "g" / "x")
+    unfinished = folder / "runs" / "g" / "1111111111"
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text((runs["train"] / "config.yaml").read_text())
+    with pytest.raises(ConfigError, match="is new, not finished"):
+        Trainer(dataclasses.replace(missing, stage=StageConfig(kind="crt", from_run="1111111111")),
+                folder / "runs" / "g" / "x")
+    other = dataclasses.replace(base, data=dataclasses.replace(base.data, imbalance_factor=20.0),
+                                stage=StageConfig(kind="crt", from_run=sig))
+    with pytest.raises(ConfigError, match="data.imbalance_factor 10.0, this run 20.0"):
+        Trainer(other, folder / "runs" / "g" / "x")
+
+
+@pytest.mark.slow
+def test_supcon_two_stage_recipe_trains_a_linear_classifier_on_frozen_features(tmp_path, tiny_card):
+    grid = write_grid(tmp_path, tiny_card, tmp_path / "data", grid="stage.kind: [train, linear]",
+                      extra="  loss.name: [supcon]\n  loss.params: [{mode: pretrain}]\n"
+                            "  stage.epochs: [10]\n  stage.lr: [0.2]\n  log.images: [false]\n", epochs=1)
+    assert main_sweep([str(grid), "--cluster", "debug", "--runs", str(tmp_path / "runs")]) == 0
+    runs = {RunDir(p).read_config().stage.kind: p for p in (tmp_path / "runs" / "g").glob("[0-9a-f]*")}
+    first, linear = load(runs["train"])["model"], load(runs["linear"])["model"]
+    assert any(k.startswith("projection.") for k in first)
+    assert not any(k.startswith("projection.") for k in linear)
+    assert torch.equal(linear["backbone.module.conv.weight"], first["backbone.conv.weight"])
+    history = result(runs["linear"])["history"]
+    # instance-balanced CE on fixed features fits at least the label prior (entropy 2.06 nats),
+    # below the 2.30 of a uniform guess, whatever the features are worth after one epoch
+    assert len(history) == 10 and history[-1]["loss"] < math.log(10) - 0.1
+
+
+# ---------------------------------------------------------------------------------------
+# the paper grid
+
+def test_the_paper_grid_expresses_the_ldam_drw_protocol():
+    grid = load_grid(ROOT / "jobs" / "cifar_lt_paper.yaml")
+    cells = grid.cells
+    assert {c.config.data.dataset for c in cells} == {"cifar10", "cifar100"}
+    assert {c.config.data.imbalance_factor for c in cells} == {10.0, 100.0}
+    losses = {c.config.loss.name for c in cells}
+    assert {"ce", "focal", "cb_focal", "ldam_drw", "balanced_softmax", "logit_adjust"} <= losses
+    assert len(cells) == 4 * len(losses)
+    cfg = cells[0].config
+    assert (cfg.model.name, cfg.schedule.epochs, cfg.optim.lr, cfg.optim.batch_size, cfg.optim.weight_decay,
+            cfg.optim.momentum) == ("resnet32", 200, 0.1, 128, 2e-4, 0.9)
+    assert lr_factor(cfg, 2.5) == pytest.approx(0.5, rel=1e-6)  # linear warm-up over 5 epochs
+    assert [lr_factor(cfg, t) for t in (5, 159.9, 160, 179.9, 180, 199.9)] == pytest.approx(
+        [1, 1, 0.01, 0.01, 1e-4, 1e-4])
+    ldam = next(c.config for c in cells if c.config.loss.name == "ldam_drw")
+    drw = LOSSES.build("ldam_drw", ldam.loss.params, class_counts=torch.tensor([100.0, 10.0]))
+    assert drw.start_epoch(200) == 160 and resolve_head(ldam.model.head, type(drw)) == "cosine"
+
+
+def test_published_numbers_are_a_loss_by_dataset_table_the_report_reads():
+    from harness.report import load_published
+    numbers = yaml.safe_load((ROOT / "docs" / "published.yaml").read_text())["numbers"]
+    assert numbers["ce"]["cifar10 IF100"] == 70.4 and numbers["ldam_drw"]["cifar100 IF100"] == 42.0
+    for loss, row in numbers.items():
+        assert loss in LOSSES, loss
+        for column, value in row.items():
+            dataset, factor = column.split(" IF")
+            assert dataset in ("cifar10", "cifar100") and factor in ("10", "100") and 0 < value < 100
+    table, source = load_published(ROOT / "docs" / "published.yaml")
+    assert table[("cb_focal", "cifar10 if100")] == 74.6 and "best epoch" in source
+
+
+def test_the_decoupled_grid_starts_from_the_paper_grids_ce_cells():
+    paper = load_grid(ROOT / "jobs" / "cifar_lt_paper.yaml")
+    decoupled = load_grid(ROOT / "jobs" / "cifar_lt_decoupled.yaml")
+    assert decoupled.name == paper.name  # the same runs/<grid>/ folder
+    ce_cells = {c.signature for c in paper.cells if c.config.loss.name == "ce"}
+    firsts = {signature(first_stage_config(c.config)) for c in decoupled.cells}
+    assert firsts == ce_cells and len(decoupled.cells) == 2 * len(ce_cells) == 8
