@@ -68,7 +68,7 @@ class ModelConfig:
     head: Literal["auto", "linear", "cosine", "projection"] = "auto"
     """Classifier head; auto takes the one the loss asks for (projection: linear + SupCon's MLP)."""
     channels_last: bool = True
-    """Use channels_last memory format on CUDA."""
+    """Compute in the channels_last memory format (faster on GPUs and on these CPUs: bench/precision.py)."""
     compile: bool = field(default=False, metadata=NOT_IN_SIGNATURE)
     """torch.compile the model (CUDA only)."""
 
@@ -122,7 +122,8 @@ class DistConfig:
     sync_bn: bool = False
     """SyncBatchNorm across ranks (GPUs only)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: bf16 autocast on CUDA, fp32 on the CPU; bf16 autocasts on the CPU too (DDP and DeepSpeed alike)."""
+    """auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32; fp32 and bf16
+    force it (DDP and DeepSpeed alike). The paper-protocol grids pin fp32."""
     timeout_s: int = field(default=600, metadata=NOT_IN_SIGNATURE)
     """Collective timeout: a dead rank ends the job instead of hanging it."""
 

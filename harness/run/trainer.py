@@ -71,7 +71,7 @@ class Trainer:
         head = resolve_head(cfg.model.head, type(self.criterion))
         model = build_model(cfg.model.name, self.data.card.num_classes, head).to(self.device)
         model = stage_model(self.run_config, self.run_dir.path, model)  # a second stage: the first stage's weights
-        self.precision = choose_precision(cfg, self.device)
+        self.precision = choose_precision(cfg, self.device, uses_deepspeed(cfg, self.env))
         model = self.precision.prepare(model)
         self.optimizer = build_optimizer(model, cfg, self.env.world_size)
         self.model, self.net = wrap(model, self.optimizer, cfg, self.env)

@@ -27,9 +27,10 @@ import torch
 from harness.config import RunConfig, from_dict, signature
 from harness.data import load_card, prepare
 from harness.dist import DistEnv
-from harness.grid import Cell
+from harness.grid import Cell, load_grid
 from harness.registry import ConfigError
 from harness.run.trainer import Trainer
+from harness.run.wrap import Precision, choose_precision, native_bf16
 from harness.rundir import RunDir
 from harness.topology import Topology, first_host, master_port, topology
 from support import ROOT
@@ -44,7 +45,7 @@ def cell_config(card: Path, data_root: Path, **overrides) -> RunConfig:
     tree = {"data": {"dataset": str(card), "root": str(data_root), "loader": "memory", "imbalance_factor": 1},
             "model": {"name": "resnet8"}, "aug": {"name": "none"}, "optim": {"batch_size": 128, "lr": 0.1},
             "schedule": {"epochs": 1, "warmup_epochs": 0, "decay": "constant"},
-            "log": {"print_every": 0, "images": False}}
+            "log": {"print_every": 0, "images": False}, "dist": {"precision": "fp32"}}  # exact comparisons
     for section, values in overrides.items():
         tree.setdefault(section, {}).update(values)
     return from_dict(RunConfig, tree)
@@ -183,8 +184,22 @@ def test_sync_bn_on_the_cpu_is_refused(tmp_path, tiny_card, data_root):
         Trainer(cfg, tmp_path, env=DistEnv(rank=0, world_size=2))
 
 
+def test_auto_precision_is_bf16_where_the_cpu_has_it_and_fp32_stays_one_key_away(tmp_path):
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    if flags:  # torch's own probe and the kernel's flags agree
+        assert native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    cpu = torch.device("cpu")
+    auto, fp32 = from_dict(RunConfig, {}), from_dict(RunConfig, {"dist": {"precision": "fp32"}})
+    assert choose_precision(auto, cpu) == Precision("cpu", native_bf16(), True)
+    assert choose_precision(fp32, cpu) == Precision("cpu", False, True)
+    nchw = from_dict(RunConfig, {"dist": {"precision": "bf16"}, "model": {"channels_last": False}})
+    assert choose_precision(nchw, cpu) == Precision("cpu", True, False)
+    for grid in ("cifar_lt_paper.yaml", "cifar_lt_decoupled.yaml"):  # the paper protocol computes in fp32
+        assert {c.config.dist.precision for c in load_grid(ROOT / "jobs" / grid).cells} == {"fp32"}
+
+
 def test_bf16_channels_last_and_compile_on_the_cpu(tmp_path, tiny_card, data_root):
-    """bf16 asked for on the CPU autocasts there; channels_last and compile are CUDA-only and skipped."""
+    """bf16 asked for on the CPU autocasts there, in channels_last; compile is CUDA-only and skipped."""
     cfg = cell_config(tiny_card, data_root, dist={"precision": "bf16"},
                       model={"name": "resnet8", "channels_last": True, "compile": True})
     trainer = Trainer(cfg, tmp_path)
@@ -193,7 +208,7 @@ def test_bf16_channels_last_and_compile_on_the_cpu(tmp_path, tiny_card, data_roo
     with trainer.precision.autocast():
         logits, _ = trainer.net(trainer.inputs(x))
     assert logits.dtype == torch.bfloat16
-    assert trainer.inputs(x).is_contiguous()  # NCHW
+    assert trainer.inputs(x).is_contiguous(memory_format=torch.channels_last)
     before = trainer.model.head.weight.detach().clone()
     loss = trainer.train_step(x, y)
     assert torch.isfinite(loss)
