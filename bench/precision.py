@@ -59,6 +59,7 @@ class Contender:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet32", help="a registered model (the learning tests use resnet8_narrow)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=6, help="timed steps per contender per round")
     p.add_argument("--rounds", type=int, default=3)
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    base = build_model("resnet32", 10, "linear")
+    base = build_model(args.model, 10, "linear")
     x = torch.randn(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))
     combos = [(bf16, cl, comp) for comp in ((False, True) if args.compile else (False,))
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
             extra = row["warmup_s"] - eager["warmup_s"]
             row["compile_s"] = extra
             row["break_even_epochs"] = extra / gain if gain > 0 else None
-    print(f"ResNet-32, batch {args.batch}, {args.threads} threads, native bf16: {native_bf16()}; "
+    print(f"{args.model}, batch {args.batch}, {args.threads} threads, native bf16: {native_bf16()}; "
           f"median of {args.steps * args.rounds} steps each, alternating")
     print(f"{'contender':<32}{'img/s':>8}{'vs fp32 NCHW':>14}")
     for row in rows:

@@ -4,15 +4,22 @@ Every write goes to a temporary name in the same folder and is then renamed into
 (`os.replace` is atomic on one file system), so a process killed half-way never leaves a
 half-written file under the real name: a reader sees the old file or the new one. Temporary
 names start with a dot and end in `.<pid>.tmp`, so two processes never share one.
+
+Names that become folders (a grid's, a generator job's) pass `check_name`, so a path built from
+one stays inside its root. `code_info` says which code snapshot this process runs
+(harness.sweep.snapshot writes them).
 """
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from harness.registry import ConfigError
 
 
 def temp_path(path: str | Path) -> Path:
@@ -68,3 +75,34 @@ def file_lock(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------------
+# names that become folders
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+"""A grid's or a job's name: ASCII letters, digits and . _ + -, not starting with a dot, at
+most 100 characters. It names a folder under --runs (or data.root), the SLURM job name and a
+line in a shell script, so `..`, slashes, spaces, NUL and other characters are refused."""
+
+
+def check_name(name: str, what: str) -> str:
+    """`name` when it is a safe folder name (see NAME), else ConfigError saying what to write."""
+    if isinstance(name, str) and NAME.fullmatch(name):
+        return name
+    suggestion = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(name)).strip("._") or "my_grid"
+    raise ConfigError(f"{what} {name!r} cannot be a folder name: use letters, digits and . _ + - "
+                      f"(not starting with a dot), e.g. '{suggestion[:100]}'")
+
+
+# ---------------------------------------------------------------------------------------
+# which code this process runs
+
+CODE_INFO = "SNAPSHOT.json"
+"""Written next to the `harness` package of a code snapshot (runs/.code/<hash>/)."""
+
+
+def code_info() -> dict:
+    """{hash, git_commit, ...} when this `harness` was imported from a sweep's code snapshot,
+    {} when it runs from a working tree."""
+    return read_json(Path(__file__).resolve().parents[1] / CODE_INFO)

@@ -7,18 +7,27 @@
                    (--status also shows 'lost': gone from the queue with no result)
     progress.json  epochs done, top-1 so far               (after every epoch)
     ckpt/last.pt   the last checkpoint                     (every epoch, and on a stop)
+    ckpt/prev.pt   the one before it                       (kept by every save; see save_checkpoint)
     tb/            TensorBoard events; tb/hparams/ the run's HParams session
     result.json    the finished result                     (its presence means finished)
+    ldmlr/         stage.kind ldmlr: the first stage's features, the feature generator's
+                   checkpoint and loss curve, the generated features
 
 No database: a sweep decides what to do with a cell by reading these files. Every write is
 atomic (harness.files). This module does not import torch; reading and writing the
-checkpoint imports it when called.
+checkpoint imports it when called. Checkpoints are read with torch.load(weights_only=True):
+tensors and plain containers only, so a tampered file cannot run code; a file that is not a
+whole checkpoint is a CheckpointError (one line naming it), and `recover_checkpoint` sets it
+aside for --retry-failed.
 """
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
 import time
+import warnings
 from pathlib import Path
 
 import yaml
@@ -32,7 +41,10 @@ class RunDir:
     """One run's folder. `RunDir(path)`; its name is the run's signature."""
 
     CONFIG, CELL, STATE, PROGRESS, RESULT = "config.yaml", "cell.json", "state.json", "progress.json", "result.json"
-    CHECKPOINT, TENSORBOARD, HPARAMS = "ckpt/last.pt", "tb", "tb/hparams"
+    CHECKPOINT, PREVIOUS_CHECKPOINT = "ckpt/last.pt", "ckpt/prev.pt"
+    TENSORBOARD, HPARAMS = "tb", "tb/hparams"
+    FEATURES, GENERATOR, GENERATOR_LOSS, GENERATED = (
+        "ldmlr/features.pt", "ldmlr/generator.pt", "ldmlr/generator_loss.json", "ldmlr/generated.pt")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -53,6 +65,10 @@ class RunDir:
     @property
     def checkpoint(self) -> Path:
         return self.path / self.CHECKPOINT
+
+    @property
+    def previous_checkpoint(self) -> Path:
+        return self.path / self.PREVIOUS_CHECKPOINT
 
     @property
     def tensorboard(self) -> Path:
@@ -132,14 +148,117 @@ class RunDir:
         return self.checkpoint.is_file()
 
     def save_checkpoint(self, state: dict) -> None:
+        """Write ckpt/last.pt and keep the one it replaces as ckpt/prev.pt. The order makes every
+        moment safe to be killed in: the new file is written aside, the old last.pt is hard-linked
+        to prev.pt (atomically), then the new file is renamed to last.pt, so last.pt is always a
+        whole checkpoint and prev.pt the one before it."""
         import torch
         with atomic_path(self.checkpoint) as tmp:
             torch.save(state, tmp)
+            if self.checkpoint.is_file():
+                with atomic_path(self.previous_checkpoint) as keep:
+                    keep.unlink(missing_ok=True)
+                    try:
+                        os.link(self.checkpoint, keep)
+                    except OSError:  # a file system without hard links
+                        shutil.copyfile(self.checkpoint, keep)
 
-    def load_checkpoint(self, map_location="cpu") -> dict:
-        """The last checkpoint, loaded without running any code from the file (weights_only)."""
+    def load_checkpoint(self, map_location="cpu", path: str | Path | None = None) -> dict:
+        """The last checkpoint (or the one at `path`), loaded without running any code from the
+        file (weights_only). A file that is not a whole checkpoint of this harness (truncated,
+        foreign, tampered) raises CheckpointError; a missing one FileNotFoundError."""
+        path = Path(path or self.checkpoint)
+        state = load_torch_file(path, map_location)
+        if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+            raise CheckpointError(path, f"it holds a {type(state).__name__} without model weights")
+        return state
+
+    def recover_checkpoint(self) -> str:
+        """After a CheckpointError, for --retry-failed: rename ckpt/last.pt to
+        ckpt/last.pt.bad-<time> and fall back to ckpt/prev.pt if that one loads (else set it aside
+        too, and the run restarts from scratch). Returns one line saying what was done."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = []
+        if self.checkpoint.is_file():
+            os.replace(self.checkpoint, bad := self.checkpoint.with_name(f"last.pt.bad-{stamp}"))
+            aside.append(bad.name)
+        if self.previous_checkpoint.is_file():
+            try:
+                epoch = self.load_checkpoint(path=self.previous_checkpoint).get("epoch")
+            except CheckpointError:
+                os.replace(self.previous_checkpoint, bad := self.previous_checkpoint.with_name(f"prev.pt.bad-{stamp}"))
+                aside.append(bad.name)
+            else:
+                os.replace(self.previous_checkpoint, self.checkpoint)
+                return f"set aside {', '.join(aside)}; resuming from ckpt/prev.pt (epoch {epoch})"
+        self.file(self.PROGRESS).unlink(missing_ok=True)
+        return f"set aside {', '.join(aside) or 'nothing'}; no good checkpoint left, restarting from scratch"
+
+    def remove_stale_temporaries(self) -> None:
+        """Remove the temporary files a killed writer of this run left: in ckpt/ and tb/ all of
+        them (only the run's own job writes there, and it calls this at its start), elsewhere in
+        the folder those older than STALE_S (the sweep may be writing state.json right now)."""
+        for tmp in list(self.path.glob("**/.*.tmp")):
+            mine = tmp.parent in (self.checkpoint.parent, self.tensorboard)
+            try:
+                if mine or time.time() - tmp.stat().st_mtime > STALE_S:
+                    shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+    # -- a stage's own files: FEATURES, GENERATOR, GENERATED (torch), GENERATOR_LOSS (JSON) --------
+    def save_tensors(self, name: str, state: dict) -> None:
         import torch
-        return torch.load(self.checkpoint, map_location=map_location, weights_only=True)
+        with atomic_path(self.file(name)) as tmp:
+            torch.save(state, tmp)
+
+    def load_tensors(self, name: str, map_location="cpu") -> dict | None:
+        """The torch file `name` (weights_only), or None when there is none."""
+        path = self.file(name)
+        return load_torch_file(path, map_location) if path.is_file() else None
+
+    def write_json(self, name: str, data) -> None:
+        atomic_write_json(self.file(name), data, indent=None)
+
+
+STALE_S = 60
+"""A temporary file this old is a killed writer's: a write takes milliseconds."""
+
+
+def load_torch_file(path: Path, map_location="cpu"):
+    """torch.load(weights_only=True): tensors and plain containers, no code run from the file.
+    CheckpointError (one line naming the file) when it is not such a file; FileNotFoundError."""
+    import torch
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols it reads fine
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch raises many kinds on a bad file
+        raise CheckpointError(path, unreadable_checkpoint(e)) from None
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint file that cannot be used; `path` names it."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: not a checkpoint of this harness ({reason})")
+        self.path = Path(path)
+
+
+def unreadable_checkpoint(error: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, in a few words."""
+    text = str(error)
+    code = re.search(r"GLOBAL (\S+)", text)
+    if code:
+        return f"it would run {code.group(1)} when loaded; refused"
+    if isinstance(error, EOFError) or "central directory" in text:
+        return "truncated or empty"
+    if "Weights only load failed" in text:
+        return "it is a pickle of something other than tensors; refused"
+    first = text.strip().splitlines()[0][:120] if text.strip() else ""
+    return f"not a torch checkpoint: {type(error).__name__}" + (f" {first}" if first else "")
 
 
 # ---------------------------------------------------------------------------------------
@@ -162,6 +281,8 @@ def local_process_alive(state: dict) -> bool:
     if state.get("host") != socket.gethostname() or not state.get("pid"):
         return False
     pid = int(state["pid"])
+    if pid == os.getpid():  # a cell this process ran (debug backend) and no longer runs: it is asking
+        return False
     if Path("/proc/self/stat").exists():
         started = process_start(pid)
         return started is not None and state.get("pid_start") in (None, started)

@@ -8,6 +8,7 @@ from harness.config.schema import (
                                   DataConfig,
                                   DistConfig,
                                   LaunchConfig,
+                                  LdmlrConfig,
                                   LogConfig,
                                   LossConfig,
                                   ModelConfig,
@@ -17,6 +18,6 @@ from harness.config.schema import (
                                   StageConfig,
 )
 
-__all__ = ["AugConfig", "DataConfig", "DistConfig", "LaunchConfig", "LogConfig", "LossConfig", "ModelConfig",
-           "OptimConfig", "RunConfig", "ScheduleConfig", "StageConfig", "from_dict", "get_dotted",
+__all__ = ["AugConfig", "DataConfig", "DistConfig", "LaunchConfig", "LdmlrConfig", "LogConfig", "LossConfig",
+           "ModelConfig", "OptimConfig", "RunConfig", "ScheduleConfig", "StageConfig", "from_dict", "get_dotted",
            "parse_override", "read_yaml", "set_dotted", "signature", "to_dict"]

@@ -8,7 +8,7 @@ run's result (workers, logging) and are left out of its signature.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Literal
 
 from harness.registry import ConfigError
@@ -65,8 +65,11 @@ class AugConfig:
 class ModelConfig:
     name: str = "resnet32"
     """Registered backbone."""
-    head: Literal["auto", "linear", "cosine", "projection"] = "auto"
-    """Classifier head; auto takes the one the loss asks for (projection: linear + SupCon's MLP)."""
+    head: Literal["auto", "linear", "cosine", "projection", "experts"] = "auto"
+    """Classifier head; auto takes the one the loss asks for (projection: linear + SupCon's MLP;
+    experts: one scaled cosine head per expert of a multi-expert model, for ride and sade)."""
+    params: dict = field(default_factory=dict, metadata=SIGNATURE_IF_SET)
+    """Parameters of the backbone's builder (resnet32_experts: num_experts, reduce_dimension)."""
     channels_last: bool = True
     """Compute in the channels_last memory format (faster on GPUs and on these CPUs: bench/precision.py)."""
     compile: bool = field(default=False, metadata=NOT_IN_SIGNATURE)
@@ -83,8 +86,8 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd"] = "sgd"
-    """Optimizer."""
+    name: Literal["sgd", "adam"] = "sgd"
+    """Optimizer: SGD with momentum, or Adam (betas 0.9, 0.999; LDMLR's classifier stage trains with it)."""
     lr: float = 0.1
     """Peak learning rate for the global batch."""
     momentum: float = 0.9
@@ -137,32 +140,128 @@ class LogConfig:
 
 
 @dataclass
+class LdmlrConfig:
+    """LDMLR's feature generator (Han et al. 2024; AlvinHan123/LDMLR): a class-conditional diffusion
+    model on the first stage's penultimate features. Defaults are the code's unless said otherwise."""
+    feature_aug: bool = True
+    """Extract the features from the augmented training set, one pass (the code's utilis/feature_encode.py
+    reads the training loader), or from the plain images (false)."""
+    ratio: float = 0.2
+    """Features generated for class c: max(round(ratio·n_c), min_count) (main.py --feature_ratio)."""
+    min_count: int = 5
+    """The least number of features generated for a class (main.py: max(..., 5))."""
+    below: int = 0
+    """Generate only for classes with fewer than this many training images (0: every class, as the code)."""
+    epochs: int = 201
+    """Generator training epochs over the features (main.py --diffusion_epoch)."""
+    batch_size: int = 256
+    """Generator batch (utilis/feature_encode.py's feature loader)."""
+    lr: float = 1e-3
+    """Peak Adam lr of the generator, cosine decay to 0. Not the code's: its constant SGD at 1e-4 fits
+    its 1-D U-Net, not this MLP (harness.stages.diffusion)."""
+    hidden: int = 512
+    """Width of the MLP denoiser, even (the code's U-Net has dim 64, dim_mults 1, 2, 4, 8 on CIFAR)."""
+    blocks: int = 4
+    """Residual blocks of the MLP denoiser."""
+    timesteps: int = 1000
+    """Diffusion steps T, cosine schedule (model/ddpm_conditional.py's defaults)."""
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    """ddim: deterministic DDIM (η = 0) as the paper says; ddpm: ancestral sampling over all T steps, as
+    the code runs (its sampling_timesteps is left at T)."""
+    steps: int = 100
+    """DDIM sampling steps (ddpm takes all T)."""
+    scale: Literal["minmax", "standard"] = "minmax"
+    """How features are scaled for the generator: minmax maps each dimension's range to [-1, 1] (the
+    code maps x -> 2x - 1, assuming features in [0, 1]); standard: zero mean and unit variance per
+    dimension. Sampling clips the predicted x0 to the real features' range, as the code clips to [-1, 1]."""
+
+    def __post_init__(self):
+        checks = [("ratio", self.ratio >= 0), ("min_count", self.min_count >= 0), ("below", self.below >= 0),
+                  ("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0),
+                  ("hidden", self.hidden >= 4 and self.hidden % 2 == 0), ("blocks", self.blocks >= 0),
+                  ("timesteps", self.timesteps >= 2),
+                  ("steps", 1 <= self.steps and (self.sampler == "ddpm" or self.steps <= self.timesteps))]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"key 'stage.ldmlr.{name}' is out of range: {getattr(self, name)!r} "
+                                  f"(see its docstring in harness/config/schema.py)")
+
+
+STAGE_FIELDS = {
+    "train": ("sampler",),
+    "crt": ("epochs", "lr", "sampler", "weight_decay", "batch_size", "loss"),
+    "linear": ("epochs", "lr", "sampler", "weight_decay", "batch_size", "loss"),
+    "tau_norm": ("tau",),
+    "maxnorm": ("epochs", "lr", "sampler", "weight_decay", "batch_size", "loss", "maxnorm_thresh", "maxnorm_every"),
+    "ldmlr": ("epochs", "lr", "sampler", "weight_decay", "batch_size", "loss", "ldmlr"),
+}
+"""The StageConfig fields each kind uses, besides kind and from_run."""
+
+STAGE_DEFAULTS = {
+    "": {"epochs": 10, "lr": 0.05},  # Kang et al. 2020: what every kind had before maxnorm and ldmlr
+    # weight balancing's second stage (ShadeAlsha/LTR-weight-balancing demo2_second-stage-training.py)
+    "maxnorm": {"epochs": 10, "lr": 0.01, "weight_decay": 0.1, "loss": "cb_softmax_bce"},
+    # LDMLR's classifier (AlvinHan123/LDMLR main.py --epoch, --learning_rate_fc, --batch_size_fc;
+    # fine_tune_tr.py: Adam, weight_decay 1e-5, nn.CrossEntropyLoss)
+    "ldmlr": {"epochs": 400, "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 1024, "loss": "ce"},
+}
+"""What an unset (None) field of a kind takes; crt and linear leave weight_decay, batch_size and
+loss unset, which means optim.weight_decay, optim.batch_size and ce."""
+
+
+@dataclass
 class StageConfig:
     """Decoupled training (Kang et al., ICLR 2020): a second stage starts from a finished run."""
-    kind: Literal["train", "crt", "tau_norm", "linear"] = "train"
+    kind: Literal["train", "crt", "tau_norm", "linear", "maxnorm", "ldmlr"] = "train"
     """train: a whole run. crt: a new linear classifier on the first stage's frozen features,
     class-balanced sampling; linear: the same, instance-balanced (SupCon's second stage);
-    tau_norm: the first stage's classifier with w_j / ||w_j||^tau, no training."""
+    tau_norm: the first stage's classifier with w_j / ||w_j||^tau, no training; maxnorm: weight
+    balancing's second stage (the first stage's classifier re-trained with a class-balanced loss,
+    weight decay and a per-class MaxNorm constraint); ldmlr: the first stage's classifier re-trained
+    on its features plus features a class-conditional diffusion model generates (harness.stages)."""
     from_run: str = ""
     """The first stage: a signature (a run folder next to this one), a run folder, or '' for this
     same config with stage.kind train (found in the same grid folder)."""
-    epochs: int = 10
-    """Classifier re-training epochs (crt, linear): Kang et al. 2020 use 10."""
-    lr: float = 0.05
-    """Peak lr of the re-training, cosine decay without warm-up: Kang et al.'s 0.2 at batch 512,
-    scaled to batch 128."""
+    epochs: int | None = None
+    """Classifier re-training epochs; unset: 10 (Kang et al. 2020; weight balancing's code), 400 for
+    ldmlr (its code; every epoch evaluates on the test set, as every run does)."""
+    lr: float | None = None
+    """Peak lr of the re-training; unset: 0.05 (Kang et al.'s 0.2 at batch 512, scaled to batch 128),
+    0.01 for maxnorm, 1e-3 for ldmlr (their code). Cosine decay without warm-up; ldmlr's is constant."""
     tau: float = 1.0
     """tau_norm's exponent: 1 normalises every class weight to unit norm (Kang et al.)."""
     sampler: Literal["auto", "instance", "class", "sqrt"] = "auto"
     """Training sampler: class-balanced, square-root or instance-balanced; auto: class for crt, else instance."""
+    weight_decay: float | None = field(default=None, metadata=SIGNATURE_IF_SET)
+    """Weight decay of the re-training; unset: optim.weight_decay (crt, linear), 0.1 (maxnorm), 1e-5 (ldmlr)."""
+    batch_size: int | None = field(default=None, metadata=SIGNATURE_IF_SET)
+    """Batch of the re-training; unset: optim.batch_size, 1024 for ldmlr (its code). Weight balancing's
+    code uses 64."""
+    loss: str | None = field(default=None, metadata=SIGNATURE_IF_SET)
+    """Loss of the re-training, a registered name with a linear head; unset: ce, and cb_softmax_bce for
+    maxnorm (weight balancing's code); cb_softmax is the class-balanced softmax cross-entropy."""
+    maxnorm_thresh: float = field(default=0.1, metadata=SIGNATURE_IF_SET)
+    """maxnorm: the radius of each class weight's ball, relative: min + thresh·(max - min) of the first
+    stage's per-class norms, fixed before training (MaxNorm_via_PGD, thresh 0.1 in the code)."""
+    maxnorm_every: Literal["epoch", "step"] = field(default="epoch", metadata=SIGNATURE_IF_SET)
+    """maxnorm: project after every epoch (the code's utils/trainval.py) or after every step (the paper, eq. 5)."""
+    ldmlr: LdmlrConfig = field(default_factory=LdmlrConfig, metadata=SIGNATURE_IF_SET)
+    """ldmlr: the feature generator."""
 
     def __post_init__(self):
         # fields a kind does not use take their defaults, so they split no signatures (a grid's
-        # base may set stage.epochs for its crt cells and its train cells alike)
-        unused = {"train": ("epochs", "lr", "tau"), "crt": ("tau",), "linear": ("tau",),
-                  "tau_norm": ("epochs", "lr", "sampler")}
-        for name in unused.get(self.kind, ()):
-            setattr(self, name, self.__dataclass_fields__[name].default)
+        # base may set stage.epochs for its crt cells and its train cells alike); then unset ones
+        # take the kind's (STAGE_DEFAULTS)
+        used = STAGE_FIELDS[self.kind]
+        for f in fields(self):
+            if f.name not in used + ("kind", "from_run"):
+                setattr(self, f.name, f.default_factory() if f.default_factory is not MISSING else f.default)
+        for name, value in {**STAGE_DEFAULTS[""], **STAGE_DEFAULTS.get(self.kind, {})}.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        for name in ("lr", "weight_decay"):  # a grid's 1 is 1.0, as in every float field
+            if isinstance(getattr(self, name), int):
+                setattr(self, name, float(getattr(self, name)))
 
 
 @dataclass

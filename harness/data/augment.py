@@ -478,6 +478,121 @@ class CutMix:
 
 
 # ---------------------------------------------------------------------------------------
+# SimAugment: the contrastive view of MoCo v2 / SimCLR that PaCo and GPaCo use on CIFAR
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """[b,3,h,w] RGB in [0, 1] -> HSV in [0, 1] (torchvision's _rgb2hsv)."""
+    r, g, b = x.unbind(1)
+    maxc, minc = x.amax(1), x.amin(1)
+    same = maxc == minc
+    span = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = span / torch.where(same, ones, maxc)
+    span = torch.where(same, ones, span)
+    rc, gc, bc = (maxc - r) / span, (maxc - g) / span, (maxc - b) / span
+    h = ((maxc == r) * (bc - gc) + ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+         + ((maxc != g) & (maxc != r)) * (4.0 + gc - rc))
+    return torch.stack([torch.fmod(h / 6.0 + 1.0, 1.0), s, maxc], 1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """[b,3,h,w] HSV in [0, 1] -> RGB in [0, 1] (torchvision's _hsv2rgb)."""
+    h, s, v = x.unbind(1)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.to(torch.int64) % 6
+    p = (v * (1.0 - s)).clamp(0, 1)
+    q = (v * (1.0 - s * f)).clamp(0, 1)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0, 1)
+    sector = i[:, None] == torch.arange(6, device=x.device).view(1, 6, 1, 1)  # [b,6,h,w]
+    table = torch.stack([torch.stack(c, 1) for c in ((v, q, p, p, t, v), (t, v, v, q, p, p), (p, p, t, v, v, q))], 1)
+    return (sector[:, None] * table).sum(2)  # [b,3,h,w]
+
+
+def op_hue(x, m):
+    """Shift the hue by m (a fraction of the colour circle, in [-0.5, 0.5]), per sample."""
+    hsv = rgb_to_hsv(x.float() / 255)
+    hsv[:, 0] = torch.remainder(hsv[:, 0] + m.view(-1, 1, 1), 1.0)
+    return _to_uint8(hsv_to_rgb(hsv) * 255)
+
+
+def op_grayscale(x, m):
+    return _to_uint8(_gray(x.float()).expand_as(x).clone())
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """A separable Gaussian blur of standard deviation sigma[i] for sample i (edges replicated)."""
+    b, c, h, w = x.shape
+    r = max(1, math.ceil(3 * float(sigma.max())))
+    t = torch.arange(-r, r + 1, device=x.device, dtype=torch.float32)
+    k = torch.exp(-t[None] ** 2 / (2 * sigma.float()[:, None] ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [b*c, 2r+1]
+    y = F.pad(x.float().reshape(1, b * c, h, w), (r, r, r, r), mode="replicate")
+    y = F.conv2d(y, k.view(b * c, 1, 1, -1), groups=b * c)
+    y = F.conv2d(y, k.view(b * c, 1, -1, 1), groups=b * c)
+    return _to_uint8(y.view(b, c, h, w))
+
+
+@AUGMENTATIONS.register("simaugment")
+class SimAugment:
+    """The contrastive view of GPaCo on long-tailed CIFAR: random-resized-crop (scale 0.2..1) and
+    flip, colour jitter (brightness, contrast, saturation ±0.4, hue ±0.1, in a random order per
+    sample) with probability 0.8, grayscale with probability 0.2, and a Gaussian blur of σ in
+    [0.1, 2] with probability 0.2 (dvlab-research/Parametric-Contrastive-Learning,
+    GPaCo/LT/paco_cifar.py `augmentation_aug_cifar`; PaCo's `sim_cifar` blurs with p 0.5: blur_p).
+    With `pad`, the crop is a padded crop of the full size instead (SADE's test-time views,
+    Vanint/SADE-AgnosticLT test_training_cifar.py `train_trsfm`)."""
+
+    JITTER = {"Brightness": op_brightness, "Contrast": op_contrast, "Color": op_color, "Hue": op_hue}
+
+    def __init__(self, scale: tuple = (0.2, 1.0), ratio: tuple = (3 / 4, 4 / 3), pad: int | None = None,
+                 jitter: tuple = (0.4, 0.4, 0.4, 0.1), jitter_p: float = 0.8, gray_p: float = 0.2,
+                 blur_p: float = 0.2, sigma: tuple = (0.1, 2.0)):
+        for name, v in (("jitter_p", jitter_p), ("gray_p", gray_p), ("blur_p", blur_p)):
+            if not 0 <= v <= 1:
+                raise ConfigError(f"simaugment {name} must be in [0, 1], got {v}")
+        if len(jitter) != 4 or not 0 <= jitter[3] <= 0.5 or min(jitter) < 0:
+            raise ConfigError(f"simaugment jitter is (brightness, contrast, saturation, hue) >= 0, hue <= 0.5, "
+                              f"got {jitter}")
+        if not 0 < sigma[0] <= sigma[1]:
+            raise ConfigError(f"simaugment sigma is (low, high) with 0 < low <= high, got {sigma}")
+        self.scale, self.ratio, self.pad = tuple(scale), tuple(ratio), pad
+        self.jitter, self.sigma = tuple(jitter), tuple(sigma)
+        self.jitter_p, self.gray_p, self.blur_p = jitter_p, gray_p, blur_p
+
+    def __call__(self, batch: Batch, g: torch.Generator) -> Batch:
+        if self.pad is None:
+            x = random_resized_crop(batch.x, g, self.scale, self.ratio, flip=True)
+        else:
+            x = random_crop(batch.x, self.pad, g, flip=True)
+        batch.x = self.colours(x, g)
+        return batch
+
+    def colours(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Colour jitter, grayscale and blur, each on its random share of the batch."""
+        b, dev = len(x), x.device
+        jitter = _uniform(b, g, dev) < self.jitter_p
+        mags = (_uniform(4 * b, g, dev).view(b, 4) * 2 - 1) * torch.tensor(self.jitter, device=dev)
+        order = _uniform(4 * b, g, dev).view(b, 4).argsort(1)  # ColorJitter's random order, per sample
+        for slot in range(4):
+            which = torch.where(jitter, order[:, slot], -1)
+            out = x.clone()
+            for k, op in enumerate(self.JITTER.values()):
+                idx = (which == k).nonzero().squeeze(1)
+                if len(idx):
+                    out.index_copy_(0, idx, op(x.index_select(0, idx), mags[idx, k]))
+            x = out
+        gray = (_uniform(b, g, dev) < self.gray_p).nonzero().squeeze(1)
+        if len(gray):
+            x = x.index_copy(0, gray, op_grayscale(x.index_select(0, gray), None))
+        sigma = _uniform(b, g, dev) * (self.sigma[1] - self.sigma[0]) + self.sigma[0]
+        blur = (_uniform(b, g, dev) < self.blur_p).nonzero().squeeze(1)
+        if len(blur):
+            x = x.index_copy(0, blur, gaussian_blur(x.index_select(0, blur), sigma[blur]))
+        return x
+
+
+# ---------------------------------------------------------------------------------------
 
 class Compose:
     def __init__(self, parts: list):
@@ -498,15 +613,34 @@ class Compose:
         return batch
 
 
-def _split(name: str) -> list[str]:
-    return [p.strip() for p in name.split("+") if p.strip()]
+class Views:
+    """Several augmented views of every image, for the contrastive losses: 'a+b,c' is a view by
+    'a+b' and a view by 'c'. The batch holds the views one after the other (view-major: row
+    v·B + i is view v of image i) and the labels repeated per view, so any loss sees V·B samples."""
+
+    def __init__(self, views: list[Compose]):
+        self.views = views
+
+    def split_decoder_crop(self, size: int) -> tuple[None, "Views"]:
+        return None, self  # every view starts from the decoded image
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> Batch:
+        out = [view(x, y, g).x for view in self.views]
+        return Batch(torch.cat(out), y.repeat(len(out)))
+
+
+def _views(name: str) -> list[list[str]]:
+    """'standard+cutout,simaugment' -> [['standard', 'cutout'], ['simaugment']]."""
+    return [[p.strip() for p in view.split("+") if p.strip()] for view in name.split(",")]
 
 
 def check_augmentation(name: str, params: dict) -> None:
-    """Every part is registered, every parameter belongs to one of the parts, at most one mixes."""
-    parts = _split(name)
-    if not parts:
-        raise ConfigError("empty augmentation name")
+    """Every part is registered, every parameter belongs to one of the parts, at most one mixes,
+    and nothing mixes when there are several views."""
+    views = _views(name)
+    if not all(views):
+        raise ConfigError(f"'{name}': an empty augmentation (or view)")
+    parts = [p for view in views for p in view]
     for part in parts:
         AUGMENTATIONS.get(part)
     for key in params:
@@ -515,12 +649,14 @@ def check_augmentation(name: str, params: dict) -> None:
     for part in parts:
         AUGMENTATIONS.build(part, params.get(part, {}))  # names and values checked before any run
     mixing = [p for p in parts if getattr(AUGMENTATIONS.get(p), "mixes", False)]
-    if len(mixing) > 1:
-        raise ConfigError(f"'{name}' mixes twice ({' and '.join(mixing)}); use one of them")
+    if len(mixing) > 1 or (mixing and len(views) > 1):
+        raise ConfigError(f"'{name}' mixes twice or mixes several views ({' and '.join(mixing)}); "
+                          f"use one mixing part and one view")
 
 
-def build_augmentation(name: str, params: dict | None = None) -> Compose:
-    """'standard+cutout' with params {'cutout': {'size': 8}} -> one callable."""
+def build_augmentation(name: str, params: dict | None = None) -> Compose | Views:
+    """'standard+cutout' with params {'cutout': {'size': 8}} -> one callable; 'a,b' -> two views."""
     params = params or {}
     check_augmentation(name, params)
-    return Compose([AUGMENTATIONS.build(p, params.get(p, {})) for p in _split(name)])
+    views = [Compose([AUGMENTATIONS.build(p, params.get(p, {})) for p in view]) for view in _views(name)]
+    return views[0] if len(views) == 1 else Views(views)

@@ -57,6 +57,13 @@ class Data:
     """The validation set when eval_split is not test."""
     generated: Generated | None = None
     """The generated tail images in the training set (data.generated), else None."""
+    train_file: Beton | None = None
+    """The file `indices` index (a second stage that reads the training images once: ldmlr)."""
+    features: bool = False
+    """Training batches are feature vectors (float [B, D]) a second stage prepared, not images:
+    batch_augment passes them through and the trainer does not normalise them."""
+    generated_features: list | None = None
+    """Features generated per class and added to the training batches (ldmlr), else None."""
 
     @property
     def groups(self) -> list[str]:
@@ -64,7 +71,7 @@ class Data:
 
     def sample_source(self):
         """Where sample images for TensorBoard come from: the training set when it is in memory."""
-        return self.train if hasattr(self.train, "images") else self.test
+        return self.train if hasattr(self.train, "images") and not self.features else self.test
 
 
 def build_data(cfg, device, rank: int = 0, world: int = 1) -> Data:
@@ -97,7 +104,7 @@ def build_data(cfg, device, rank: int = 0, world: int = 1) -> Data:
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) * 255 for v in (card.mean, card.std))
     return Data(card=card, train=train, test=test, counts=split.counts, indices=indices,
                 augment=augment, batch_augment=batch_augment, mean=mean, std=std,
-                eval_split=d.val, val=val, generated=generated)
+                eval_split=d.val, val=val, generated=generated, train_file=train_file)
 
 
 def eval_loader(beton: Beton, indices, device, rank: int, world: int) -> MemoryLoader:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.data.readers import class_folder
 from harness.data.synthetic import make_images
 
 CIFAR = {  # (folder, train files, test files, meta file, label key, names key)
@@ -77,7 +78,7 @@ def write_folders(folder: str | Path, classes: list, per_split: dict, size: int 
     for s, (split, n) in enumerate(per_split.items()):
         labels = np.repeat(np.arange(len(classes)), n)
         for i, (image, label) in enumerate(zip(fake_images(labels, size, seed + s), labels)):
-            path = folder / split / str(classes[label]) / f"{i:06d}{exts[i % len(exts)]}"
+            path = folder / split / class_folder(classes[label]) / f"{i:06d}{exts[i % len(exts)]}"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(path, quality=95)  # quality: JPEG only
     return folder

@@ -215,6 +215,8 @@ class ImageFolders(Source):
 
     def __init__(self, folder: Path, spec: dict, card):
         super().__init__(folder, spec, card)
+        for name in card.classes:
+            class_folder(name, card.path)
         if not (folder / "test").is_dir():
             raise ConfigError(f"{folder}: has train/ but no test/; the layout is "
                               f"{self.expected(spec)} (val/ is optional)")
@@ -271,6 +273,16 @@ class ImageFolders(Source):
 
     def fingerprint(self) -> str:
         return hash_files(self.folder, [p for files in self.files.values() for p, _ in files])
+
+
+def class_folder(name, card_path: str = "") -> str:
+    """A class name as the folder it is read from (or written to, harness.data.fakes): any text,
+    spaces and unicode included, but not '', '.', '..', a slash, NUL or another control
+    character, so a class folder is always one folder inside its split."""
+    text = str(name)
+    if text in ("", ".", "..") or "/" in text or "\\" in text or any(ord(c) < 32 for c in text):
+        raise ConfigError(f"{card_path or 'card'}: class name {text!r} cannot be a folder name; rename the class")
+    return text
 
 
 def read_image(path: Path, resolution: int) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 import submitit
 
 from harness.config import DataConfig, from_dict, parse_override, read_yaml, set_dotted
+from harness.files import check_name
 from harness.generate.plan import GenerateConfig, Plan, shard
 from harness.generate.run import is_done
 from harness.registry import ConfigError
@@ -103,7 +104,7 @@ def read_job(path: str | Path, overrides: list[str] = (), values: dict | None = 
     for section in ("dataset", "generate", "launch"):
         if not isinstance(raw.get(section) or {}, dict):
             raise ConfigError(f"{path}: '{section}' must be a mapping")
-    name = str(raw.get("name") or path.stem)
+    name = check_name(str(raw.get("name") or path.stem), f"{path}: job name")  # out_dir: <root>/generated/<name>
     data = from_dict(DataConfig, raw.get("dataset") or {}, f"{path}: ", "dataset.")
     gen = GenerateConfig.from_dict(raw.get("generate") or {}, f"{path}: generate")
     launch = from_dict(GenerateLaunch, raw.get("launch") or {}, f"{path}: ", "launch.")

@@ -140,6 +140,8 @@ def item_seed(base_seed: int, class_index: int, index: int) -> int:
 def load_prompts_file(path: str | Path) -> dict[str, list[str]]:
     """class name -> list of prompts, from YAML or JSON (a single string counts as a list of one)."""
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"generate.prompts_file: {path} is not a file")
     try:
         data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
     except (OSError, yaml.YAMLError) as e:
@@ -173,6 +175,10 @@ class Plan:
             if missing:
                 raise ConfigError(f"generate.prompts_file: no prompts for class(es) {', '.join(missing)}; "
                                   f"add them to {cfg.prompts_file}")
+            unknown = sorted(set(self.prompts) - set(self.class_names))
+            if unknown:  # a misspelt class would silently get the other prompts; names are never paths
+                raise ConfigError(f"generate.prompts_file: {cfg.prompts_file} names {unknown[0]!r}, which is not a "
+                                  f"class of the dataset; fix or remove it")
 
     @classmethod
     def from_train_counts(cls, cfg: GenerateConfig, class_names: Sequence[str],

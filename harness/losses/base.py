@@ -10,9 +10,14 @@ The interface (`Loss`):
   returns cos θ (unit feature · unit weight, no bias, not scaled); the loss applies its
   own scale and margins. "projection": the loss works on an embedding (`features`, the
   projection head's output where the model has one) and, in joint mode, a linear head.
+  "experts": a multi-expert model (harness.models.ExpertResNet) whose logits are [B, K, C],
+  each expert's cos θ already scaled by the model's s, and features [B, K, D] (ride, sade).
 - `forward(logits, target, features=None)`: a scalar, the mean over the batch.
 - `set_epoch(epoch, epochs)`: called at the start of every epoch (0-based).
 - `adjust_logits(logits)`: the scores to predict with at evaluation.
+- `fit_test_time(logits_of, images, seed)`: called once after the last epoch, before the final
+  evaluation; a loss that fits something on the unlabeled test images (transductive: SADE's
+  test-time aggregation) does it here and keeps it in its state dict.
 
 Losses that compute one value per sample (`per_sample`) get a `<name>_drw` variant for
 free: deferred re-weighting (see `harness.losses.drw`).
@@ -28,7 +33,7 @@ import torch.nn.functional as F
 
 from harness.registry import ConfigError, Registry
 
-Head = Literal["linear", "cosine", "projection"]
+Head = Literal["linear", "cosine", "projection", "experts"]
 
 LOSSES: Registry[type["Loss"]] = Registry("loss")
 
@@ -39,6 +44,9 @@ class Loss(nn.Module):
     head: ClassVar[Head] = "linear"
     drw_compatible: ClassVar[bool] = True
     """Whether a `<name>_drw` variant is registered (needs an unweighted `per_sample`)."""
+    projection: ClassVar[tuple[int, int]] = (1, 128)
+    """With the projection head: (hidden Linear-ReLU layers, output size) of the projection MLP
+    (SupCon's: one hidden layer, 128; harness.models.heads.ProjectionHead)."""
 
     def __init__(self, class_counts: torch.Tensor):
         super().__init__()
@@ -63,6 +71,12 @@ class Loss(nn.Module):
     def adjust_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Scores to predict with at evaluation; default: the logits themselves."""
         return logits
+
+    def fit_test_time(self, logits_of, images: torch.Tensor, seed: int) -> str:
+        """After training: fit on the unlabeled test `images` (uint8), `logits_of(images)` giving the
+        model's logits (eval mode, no gradient). Returns a line saying what was fitted, '' when
+        nothing was (the default)."""
+        return ""
 
 
 # ---------------------------------------------------------------------------------------

@@ -80,6 +80,27 @@ class ClassBalancedSoftmax(_ClassBalanced):
         return F.cross_entropy(logits, target, reduction="none")
 
 
+@LOSSES.register("cb_softmax_bce")
+class ClassBalancedSoftmaxBCE(_ClassBalanced):
+    """Class-balanced binary cross-entropy on softmax probabilities: the loss weight balancing's
+    second stage trains with (Alshammari et al., CVPR 2022; ShadeAlsha/LTR-weight-balancing
+    demo2_second-stage-training.py calls utils/class_balanced_loss.py `CB_loss(..., "softmax", 0.9999, ...)`,
+    the PyTorch port of Cui et al.'s loss):
+
+        L = 1/(B·C) Σ_i w_{y_i} Σ_j BCE(p_ij, [j = y_i]),   p = softmax(z),  w: effective-number weights
+
+    It is about 1/C of the softmax cross-entropy `cb_softmax` (Cui et al.'s eq. 5), so a weight
+    decay tuned with it (weight balancing's 0.1) is relatively much stronger."""
+
+    def __init__(self, class_counts, beta: float = CB_BETA):
+        super().__init__(class_counts, beta)
+
+    def per_sample(self, logits, target, features=None):
+        p = logits.softmax(dim=1)
+        labels = F.one_hot(target, p.shape[1]).to(p)
+        return F.binary_cross_entropy(p, labels, reduction="none").mean(dim=1)  # log clamped at -100, as there
+
+
 @LOSSES.register("cb_sigmoid")
 class ClassBalancedSigmoid(_ClassBalanced):
     """Class-balanced sigmoid cross-entropy, summed over classes (Cui et al., CVPR 2019)."""

@@ -18,7 +18,7 @@ from harness.report.runs import axes_key, unique
 ALIASES = {"loss": "loss.name", "dataset": "data.dataset", "imbalance_factor": "data.imbalance_factor",
            "if": "data.imbalance_factor", "imbalance": "data.imbalance", "aug": "aug.name",
            "model": "model.name"}
-NAMED = {"loss.name", "aug.name", "model.name", "data.dataset", "data.imbalance"}
+NAMED = {"loss.name", "aug.name", "model.name", "data.dataset", "data.imbalance", "recipe"}
 
 
 def resolve_axis(name: str, rows: list[dict]) -> str:
@@ -162,7 +162,7 @@ def load_published(path: str | Path) -> tuple[dict, str]:
         table = {(_norm(r), _norm(c)): float(v) for r, cols in numbers.items() for c, v in cols.items()}
     except (ValueError, IndexError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: not a published-numbers file ({str(e).splitlines()[0]}); "
-                          f"see the format in harness/report.py") from None
+                          f"see the format in harness/report/__init__.py") from None
     return table, source
 
 

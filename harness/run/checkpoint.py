@@ -7,7 +7,8 @@ loaded back into any other.
 
 The format is the trainer's own: full model weights and the torch optimizer's per-parameter
 state, the loss's state, epoch and step, the history of epochs, and every rank's random
-generator. A run saved with DeepSpeed at one world size resumes at any other, with DeepSpeed
+generator and loss sum so far in an epoch interrupted inside (so its logged loss is the whole
+epoch's). A run saved with DeepSpeed at one world size resumes at any other, with DeepSpeed
 or without. DeepSpeed's ZeRO keeps each rank's shard of the fp32 weights and of the optimizer
 state in one flat tensor per parameter group; `param._hp_mapping` says which slice of a
 parameter lies in this rank's shard. Gathering a full tensor is an all-reduce of zero-filled
@@ -18,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from harness import dist
-from harness.rundir import RunDir
+from harness.rundir import CheckpointError, RunDir
 
 
 class Checkpointer:
@@ -36,6 +37,7 @@ class Checkpointer:
             model, optimizer = t.model.state_dict(), t.optimizer.state_dict()
         return {"model": model, "optimizer": optimizer, "criterion": t.criterion.state_dict(),
                 "epoch": t.epoch, "step_in_epoch": t.step_in_epoch, "history": t.history,
+                "epoch_loss": dist.all_gather_object(t.epoch_loss),
                 "generators": dist.all_gather_object(t.gen.get_state()), "world_size": self.env.world_size}
 
     def save(self, t) -> None:
@@ -48,17 +50,24 @@ class Checkpointer:
         """Load the checkpoint rank 0 found into `t` on every rank; False when there is none."""
         if not dist.broadcast_object(self.run_dir.has_checkpoint()):
             return False
-        state = self.run_dir.load_checkpoint(map_location=t.device)
-        if self.deepspeed:
-            load_full_state(t.model, t.optimizer, state["model"], state["optimizer"])
-        else:
-            t.model.load_state_dict(state["model"])
-            t.optimizer.load_state_dict(state["optimizer"])
-        t.criterion.load_state_dict(state["criterion"])
-        t.epoch, t.step_in_epoch, t.history = state["epoch"], state["step_in_epoch"], state["history"]
-        generators = state.get("generators", [])
+        state = self.run_dir.load_checkpoint(map_location=t.device)  # CheckpointError: not one of ours
+        try:
+            if self.deepspeed:
+                load_full_state(t.model, t.optimizer, state["model"], state["optimizer"])
+            else:
+                t.model.load_state_dict(state["model"])
+                t.optimizer.load_state_dict(state["optimizer"])
+            t.criterion.load_state_dict(state["criterion"])
+            t.epoch, t.step_in_epoch, t.history = state["epoch"], state["step_in_epoch"], state["history"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:  # another run's or another model's file
+            first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+            raise CheckpointError(self.run_dir.checkpoint,
+                                  f"it does not fit this run: {type(e).__name__} {first}") from None
+        generators, losses = state.get("generators", []), state.get("epoch_loss", [])
         if len(generators) == self.env.world_size:  # the same ranks again: each takes up its own stream
             t.gen.set_state(generators[self.env.rank])
+        if len(losses) == self.env.world_size:  # and its part of the interrupted epoch's loss
+            t.epoch_loss = tuple(losses[self.env.rank])
         return True
 
 

@@ -1,6 +1,6 @@
 """The optimizer and its learning-rate schedule.
 
-    optimizer = build_optimizer(model, cfg, world_size)   # SGD with momentum, weight decay
+    optimizer = build_optimizer(model, cfg, world_size)   # SGD with momentum (or Adam), weight decay
     lr = peak_lr(cfg, world_size) * lr_factor(cfg, epoch + i / steps_per_epoch)
 
 The schedule is the LDAM-DRW one by default: linear warm-up over `warmup_epochs`, then step
@@ -22,9 +22,12 @@ def peak_lr(cfg: RunConfig, world_size: int) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig, world_size: int) -> torch.optim.Optimizer:
-    """SGD over every parameter (frozen ones get no gradient, so SGD leaves them alone; keeping
-    them keeps the optimizer's parameter indices those of the model, which checkpoints rely on)."""
+    """SGD (or Adam) over every parameter (frozen ones get no gradient, so the optimizer leaves them
+    alone; keeping them keeps the optimizer's parameter indices those of the model, which
+    checkpoints rely on)."""
     o = cfg.optim
+    if o.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=peak_lr(cfg, world_size), weight_decay=o.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=peak_lr(cfg, world_size), momentum=o.momentum,
                            weight_decay=o.weight_decay, nesterov=o.nesterov)
 

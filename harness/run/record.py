@@ -17,13 +17,18 @@ from pathlib import Path
 from harness import dist
 from harness.config import RunConfig, to_dict
 from harness.console import Progress
+from harness.files import code_info
 from harness.metrics import METRICS
 from harness.run import tensorboard
 from harness.rundir import RunDir
 
 
 def code_version() -> str:
-    """The git commit the code ran with (plus '-dirty' for uncommitted changes)."""
+    """The git commit the code ran with (plus '-dirty' for uncommitted changes); for a job run
+    from a sweep's code snapshot, the commit recorded when the snapshot was taken."""
+    snapshot = code_info()
+    if snapshot:
+        return snapshot.get("git_commit") or "unknown"
     root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
@@ -44,7 +49,9 @@ class Recorder:
         if self.main:
             from torch.utils.tensorboard import SummaryWriter
             run_dir.path.mkdir(parents=True, exist_ok=True)
-            self.writer = SummaryWriter(str(run_dir.tensorboard), purge_step=resumed_at + 1 if resumed_at else None)
+            # TensorBoard hides the events of an earlier attempt from the step this one starts at
+            # (0: a run started again from scratch), so no step of a tag is shown twice
+            self.writer = SummaryWriter(str(run_dir.tensorboard), purge_step=resumed_at + 1 if resumed_at else 0)
 
     def log(self, message: str) -> None:
         if self.main:
@@ -85,15 +92,16 @@ class Recorder:
     def finish(self, result: dict) -> None:
         if not self.main:
             return
-        self.run_dir.write_result(result)
         self.writer.close()
-        tensorboard.write_hparams(self.run_dir.path)
+        tensorboard.write_hparams(self.run_dir.path, result)  # before result.json: a finished run has both
+        self.run_dir.write_result(result)
 
 
 def result(run_dir: RunDir, run_config: RunConfig, data, history: list, last: dict, epochs: int,
            world_size: int, wall_s: float) -> dict:
     """result.json: the final and the best epoch's metrics, per-class accuracy, the history, and
-    what the run was (config, code version, data). The best epoch is chosen on data.eval_split."""
+    what the run was (config, code version, data). The best epoch is chosen on data.eval_split.
+    A multi-expert model's final metrics and history rows also hold each expert's ("experts")."""
     select = "val_top1" if data.val is not None else "top1"
     best = max(history, key=lambda r: r[select], default={"epoch": 0, **last})  # 0 epochs: tau_norm
     return {
@@ -101,14 +109,17 @@ def result(run_dir: RunDir, run_config: RunConfig, data, history: list, last: di
         "status": "finished",
         "config": to_dict(run_config),
         "code_version": code_version(),
+        "code_snapshot": code_info().get("hash"),  # runs/.code/<hash>/ (harness.sweep.snapshot); None: a working tree
         "epochs": epochs,
         "world_size": world_size,
         "eval_split": data.eval_split,
         "class_counts": data.counts,
         "generated_counts": data.generated.counts if data.generated else None,
+        "generated_features": data.generated_features,
         "train_images": int(len(data.indices)),
         "final": {k: last[k] for k in METRICS},
         "best": {"epoch": best["epoch"], **{k: best[k] for k in METRICS}},
+        "experts": last.get("experts"),  # a multi-expert model: each expert's final metrics (else None)
         "per_class": last["per_class"],
         "history": history,
         "wall_s": wall_s,

@@ -3,6 +3,7 @@
 Per run, in runs/<grid>/<signature>/tb/:
     train/loss, train/lr, train/images_per_s          scalars per epoch
     test/top1, test/many, test/medium, test/few       balanced test set, per epoch
+    test/expert_<k>/top1                              each expert's own top-1 (multi-expert models)
     per_class/<k>_<name>                              per-class accuracy, per epoch
     figures/per_class_vs_count, figures/confusion     figures, FIGURES times per run and at the end
     augment/original, augment/augmented               samples of the augmentation in use (step 0)
@@ -51,6 +52,8 @@ def log_epoch(writer, row: dict, metrics: dict, class_names: list, counts: list,
     for key in METRICS:
         if row[key] is not None:
             writer.add_scalar(f"test/{key}", row[key], step)
+    for k, expert in enumerate(row.get("experts") or []):  # a multi-expert model
+        writer.add_scalar(f"test/expert_{k}/top1", expert["top1"], step)
     for c, acc in enumerate(metrics["per_class"]):
         writer.add_scalar(f"per_class/{c:03d}_{class_names[c]}", acc, step)
     if figures and figure_epoch(step, epochs):
@@ -160,19 +163,21 @@ def run_metrics(result: dict) -> dict:
             if result.get(which, {}).get(m) is not None}
 
 
-def write_hparams(run_dir: str | Path) -> Path | None:
-    """Write (or rewrite) the run's HParams session from its result; None when it has none."""
+def write_hparams(run_dir: str | Path, result: dict | None = None) -> Path | None:
+    """Write (or rewrite) the run's HParams session from its result (default: its result.json);
+    None when it has none."""
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
     run_dir = RunDir(run_dir)
-    result = run_dir.read_result()
+    result = result or run_dir.read_result()
     if not result:
         return None
     hparams, metrics = run_hparams(run_dir, result), run_metrics(result)
     _, start, end = hparams_summaries(hparams, metrics)
     folder = run_dir.hparams
     tmp = temp_path(folder)  # a whole folder: written aside, then swapped in
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in [tmp, *folder.parent.glob(f".{folder.name}.*.tmp")]:  # also a killed writer's
+        shutil.rmtree(stale, ignore_errors=True)
     with SummaryWriter(str(tmp)) as writer:
         writer.file_writer.add_summary(start)
         for tag, value in metrics.items():

@@ -25,7 +25,7 @@ from harness.run.optim import build_optimizer, lr_factor, peak_lr
 from harness.run.record import Recorder
 from harness.run.wrap import Precision, choose_precision, uses_deepspeed, wrap
 from harness.rundir import RunDir
-from harness.stages import stage_config, stage_model
+from harness.stages import stage_config, stage_data, stage_hook, stage_model
 
 
 class TrainingError(RuntimeError):
@@ -54,6 +54,7 @@ class Trainer:
     record: Recorder
     epoch: int                   # epochs finished
     step_in_epoch: int           # steps finished in the current epoch (a resume inside an epoch)
+    epoch_loss: tuple            # (loss sum, steps) of those steps on this rank: the epoch's loss counts them
     history: list                # one row of metrics per finished epoch
     stop_requested: bool         # set from a signal handler: finish the step, save, stop
 
@@ -69,15 +70,18 @@ class Trainer:
         counts = torch.tensor(self.data.counts, dtype=torch.float32, device=self.device)
         self.criterion = LOSSES.build(cfg.loss.name, cfg.loss.params, class_counts=counts).to(self.device)
         head = resolve_head(cfg.model.head, type(self.criterion))
-        model = build_model(cfg.model.name, self.data.card.num_classes, head).to(self.device)
+        model = build_model(cfg.model.name, self.data.card.num_classes, head, cfg.model.params,
+                            self.criterion.projection).to(self.device)
         model = stage_model(self.run_config, self.run_dir.path, model)  # a second stage: the first stage's weights
+        self.data = stage_data(self.run_config, self.run_dir, self.data, model, self.env)  # ldmlr: feature batches
+        self.after_step = stage_hook(self.run_config, model)  # maxnorm: the projection of the classifier
         self.precision = choose_precision(cfg, self.device, uses_deepspeed(cfg, self.env))
         model = self.precision.prepare(model)
         self.optimizer = build_optimizer(model, cfg, self.env.world_size)
         self.model, self.net = wrap(model, self.optimizer, cfg, self.env)
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + self.env.rank)
         self.steps_per_epoch = len(self.data.train)
-        self.epoch, self.step_in_epoch, self.history = 0, 0, []
+        self.epoch, self.step_in_epoch, self.history, self.epoch_loss = 0, 0, [], (0.0, 0)
         self.stop_requested = False
         self.checkpoint = Checkpointer(self.run_dir, self.env, uses_deepspeed(cfg, self.env))
         self.checkpoint.resume(self)
@@ -91,7 +95,7 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         batch = self.data.batch_augment(x, y, self.gen)
         with self.precision.autocast():
-            logits, features = self.net(self.inputs(batch.x))
+            logits, features = self.net(batch.x if self.data.features else self.inputs(batch.x))
         logits, features = logits.float(), features.float()
         loss = self.criterion(logits, batch.y, features)
         if batch.y2 is not None:  # mixup, cutmix: the partner's label with weight 1 - lam
@@ -109,7 +113,8 @@ class Trainer:
         self.net.train()
         self.criterion.set_epoch(self.epoch, self.cfg.schedule.epochs)
         self.data.train.set_epoch(self.epoch)
-        loss_sum, steps, t0 = torch.zeros((), device=self.device), 0, time.time()
+        done_sum, done = self.epoch_loss if self.step_in_epoch else (0.0, 0)  # resumed inside the epoch
+        loss_sum, steps, t0 = torch.tensor(done_sum, device=self.device), done, time.time()
         every, lr = self.cfg.log.print_every, peak_lr(self.cfg, self.env.world_size)
         bar = self.record.bar(self.steps_per_epoch, f"epoch {self.epoch + 1}/{self.cfg.schedule.epochs} step",
                               self.step_in_epoch)
@@ -121,10 +126,12 @@ class Trainer:
             loss_sum += self.train_step(x, y)
             steps += 1
             self.step_in_epoch = i + 1
+            self.after_step(self.model, self.step_in_epoch == self.steps_per_epoch)
             bar.update(self.step_in_epoch, lambda: f"loss {loss_sum.item() / steps:.4f}")
             if every and self.step_in_epoch % every == 0:  # every rank, at the same step
                 self.check_finite(loss_sum)
             if self.step_in_epoch < self.steps_per_epoch and self.stop_agreed():  # at the end: after eval
+                self.epoch_loss = (loss_sum.item(), steps)
                 self.checkpoint.save(self)
                 raise Preempted(f"stopped at epoch {self.epoch} step {self.step_in_epoch}")
         bar.close()
@@ -132,7 +139,7 @@ class Trainer:
         self.check_finite(loss)
         elapsed = time.time() - t0
         return {"loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"],
-                "images_per_s": steps * self.cfg.optim.batch_size / max(elapsed, 1e-9), "time_s": elapsed}
+                "images_per_s": (steps - done) * self.cfg.optim.batch_size / max(elapsed, 1e-9), "time_s": elapsed}
 
     def check_finite(self, loss_sum: torch.Tensor) -> None:
         if not torch.isfinite(loss_sum):
@@ -141,17 +148,32 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader=None) -> dict:
-        """harness.metrics.summarize on the balanced test set (or `loader`'s split), over all ranks."""
+        """harness.metrics.summarize on the balanced test set (or `loader`'s split), over all ranks.
+        A multi-expert model's metrics also hold each expert's own under "experts" (top-1, many,
+        medium, few of its logits alone); the others are the ensemble's (criterion.adjust_logits)."""
         self.net.eval()
-        c = self.data.card.num_classes
-        confusion = torch.zeros(c * c, device=self.device)
+        c, k = self.data.card.num_classes, getattr(self.model, "num_experts", 0)
+        confusion = torch.zeros((1 + k) * c * c, device=self.device)  # the prediction's, then each expert's
         for x, y in loader or self.data.test:
             with self.precision.autocast():
                 logits, _ = self.net(self.inputs(x))
-            pred = self.criterion.adjust_logits(logits.float()).argmax(1)
-            confusion += torch.bincount(y * c + pred, minlength=c * c)
+            preds = self.criterion.adjust_logits(logits.float()).argmax(1).unsqueeze(0)
+            if k:  # expert logits [B, K, C]
+                preds = torch.cat([preds, logits.argmax(2).T])
+            cells = (torch.arange(1 + k, device=self.device).unsqueeze(1) * c + y) * c + preds
+            confusion += torch.bincount(cells.flatten(), minlength=(1 + k) * c * c)
         dist.all_reduce_sum(confusion)
-        return summarize(confusion.view(c, c).tolist(), self.data.counts)
+        metrics, *experts = (summarize(m.view(c, c).tolist(), self.data.counts) for m in confusion.view(1 + k, -1))
+        if experts:
+            metrics["experts"] = [{m: e[m] for m in METRICS} for e in experts]
+        return metrics
+
+    @torch.no_grad()
+    def test_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits of uint8 images in eval mode, on this rank alone (criterion.fit_test_time)."""
+        self.model.eval()
+        with self.precision.autocast():
+            return self.model(self.inputs(x))[0].float()
 
     def stop_agreed(self) -> bool:
         """Whether any rank was asked to stop; all ranks agree, so they stop at the same step."""
@@ -161,22 +183,37 @@ class Trainer:
         return dist.all_reduce_sum(flag).item() > 0
 
     # -- the outer loop --------------------------------------------------------------------
+    def run_epoch(self) -> dict:
+        """One epoch: train, evaluate, record, checkpoint. Returns the evaluation's metrics."""
+        stats = self.train_epoch()
+        metrics = self.evaluate()
+        row = {"epoch": self.epoch + 1, **stats, **{k: metrics[k] for k in METRICS}}
+        if "experts" in metrics:  # a multi-expert model: each expert's top-1, many, medium, few
+            row["experts"] = metrics["experts"]
+        if self.data.val is not None:  # model selection on a validation split
+            row["val_top1"] = self.evaluate(self.data.val)["top1"]
+        self.history.append(row)
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.record.epoch(row, metrics, self.history)
+        self.checkpoint.save(self)
+        return metrics
+
     def train(self) -> dict:
-        cfg = self.cfg
+        epochs = self.cfg.schedule.epochs
         self.record.start(self.run_config, bool(self.epoch or self.step_in_epoch), self.epoch, self.device)
         t_start, metrics = time.time(), None
-        while self.epoch < cfg.schedule.epochs:
-            stats = self.train_epoch()
-            metrics = self.evaluate()
-            row = {"epoch": self.epoch + 1, **stats, **{k: metrics[k] for k in METRICS}}
-            if self.data.val is not None:  # model selection on a validation split
-                row["val_top1"] = self.evaluate(self.data.val)["top1"]
-            self.history.append(row)
-            self.epoch, self.step_in_epoch = self.epoch + 1, 0
-            self.record.epoch(row, metrics, self.history)
-            self.checkpoint.save(self)
-            if self.stop_agreed() and self.epoch < cfg.schedule.epochs:
+        while self.epoch < epochs:
+            metrics = self.run_epoch()
+            if self.stop_agreed() and self.epoch < epochs:
                 raise Preempted(f"stopped after epoch {self.epoch}")
+        fitted = self.criterion.fit_test_time(self.test_logits, self.data.test.images, self.cfg.seed)
+        if fitted:  # transductive (SADE's aggregation, off unless the loss asks): saved, then evaluated
+            self.record.log(fitted)
+            # every rank fitted on the whole test set, each with its own BN statistics: all take rank 0's
+            self.criterion.load_state_dict(dist.broadcast_object(
+                {k: v.cpu() for k, v in self.criterion.state_dict().items()}))
+            self.checkpoint.save(self)
+            metrics = self.evaluate()
         # a run killed between its last checkpoint and its result evaluates the saved model again
         result = record.result(self.run_dir, self.run_config, self.data, self.history, metrics or self.evaluate(),
                                self.epoch, self.env.world_size, time.time() - t_start)

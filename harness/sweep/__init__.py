@@ -7,6 +7,9 @@
     scheduler  every SLURM command (sinfo, squeue, scancel, scontrol) and its errors
     profiles   cluster profiles, slurm/<name>.yaml, checked against the scheduler
     status     --status and --cancel
+    preflight  data, generated images, first stages and the cluster, checked before submission
+    snapshot   runs/.code/<hash>/: the code a submission's jobs import
+    triage     --why SIG|JOB and --failed
 
 This __init__ imports nothing, so `--status` and `--cancel` load no torch.
 """

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import submitit
 
-from harness.rundir import RunDir
+from harness.files import code_info
+from harness.rundir import CheckpointError, RunDir
 from harness.sweep import scheduler
 from harness.topology import topology
 
@@ -58,6 +59,10 @@ class TrainJob(submitit.helpers.Checkpointable):
         main = rank == 0
         if main:
             run_dir.mark_running(job_id())
+            run_dir.remove_stale_temporaries()
+            print(f"[{run_dir.name}] code: " + (f"snapshot {code_info()['hash']}" if code_info() else
+                                                "the working tree (no snapshot)") + f", {Path(__file__).parents[1]}",
+                  flush=True)
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         try:
             self.trainer = Trainer(run_dir.read_config(), run_dir.path)
@@ -70,9 +75,13 @@ class TrainJob(submitit.helpers.Checkpointable):
             # every rank records its failure; the first one is the cause (a rank that raises fails
             # before its peers notice it is gone), so a later one leaves it in place
             if run_dir.read_state()["state"] != "failed":
-                message = f"{type(e).__name__}: {e}".splitlines()[0]
+                message, bad = f"{type(e).__name__}: {e}".splitlines()[0], {}
+                if isinstance(e, CheckpointError) and e.path.parent == run_dir.checkpoint.parent:  # not a first stage's
+                    message += ("; --retry-failed sets it aside and resumes from ckpt/prev.pt if that one is good, "
+                                "else restarts from scratch")
+                    bad = {"bad_checkpoint": str(e.path)}
                 run_dir.update_state(state="failed", error=message if main else f"rank {rank}: {message}",
-                                     traceback=traceback.format_exc()[-4000:])
+                                     traceback=traceback.format_exc()[-4000:], **bad)
             raise
         finally:
             self.trainer = None

@@ -2,9 +2,15 @@
 
     run_debug(run_dirs)                       # one after the other; a breakpoint works
     run_local(run_dirs, folder, parallel=2)   # submitit's LocalExecutor, output followed here
+
+`after` maps a second stage's run folder to its first stages' run folders: it starts once they
+have finished, and fails with one line without starting when one of them did not. Local
+processes import harness from the submission's code snapshot (harness.sweep.snapshot); the
+debug backend runs the working tree in this process.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -15,17 +21,30 @@ import submitit
 
 from harness.rundir import RunDir
 from harness.sweep.job import TrainJob
+from harness.sweep.snapshot import Snapshot
 
 
-def run_debug(run_dirs: list[Path]) -> None:
+def run_debug(run_dirs: list[Path], after: dict | None = None) -> None:
     """Every cell in this process, one after the other (a breakpoint works)."""
     for run_dir in run_dirs:
+        if not first_stages_finished(run_dir, (after or {}).get(run_dir, [])):
+            continue
         try:
             TrainJob(run_dir)()
         except KeyboardInterrupt:
             raise
         except Exception:
             say_failed(run_dir)
+
+
+def first_stages_finished(run_dir: Path, first: list[Path]) -> bool:
+    """True when every first stage finished; else the cell is marked failed, with one line."""
+    unfinished = [Path(d).name for d in first if RunDir(d).read_state()["state"] != "finished"]
+    if unfinished:
+        RunDir(run_dir).update_state(state="failed", error=f"its first stage {', '.join(unfinished)} did not "
+                                     f"finish; fix that cell, then run the sweep again with --retry-failed")
+        say_failed(run_dir)
+    return not unfinished
 
 
 def say_failed(run_dir: Path, fallback: str = "no error recorded") -> None:
@@ -36,19 +55,30 @@ def say_failed(run_dir: Path, fallback: str = "no error recorded") -> None:
           file=sys.stderr, flush=True)
 
 
-def run_local(run_dirs: list[Path], folder: Path, parallel: int = 1, timeout_min: int = 24 * 60) -> None:
+def run_local(run_dirs: list[Path], folder: Path, parallel: int = 1, timeout_min: int = 24 * 60,
+              snapshot: Snapshot | None = None, after: dict | None = None) -> None:
     """Every cell as a local process (submitit's LocalExecutor), `parallel` at a time, their
-    output followed on this terminal. Ctrl-C stops them with a checkpoint."""
+    output followed on this terminal; each imports harness from `snapshot`. A second stage
+    starts once its first stages (`after`) are done. Ctrl-C stops them with a checkpoint."""
     executor = submitit.LocalExecutor(folder=str(folder))
     executor.update_parameters(timeout_min=timeout_min)
     os.environ["LT_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+    after = after or {}
     queue, running, offsets = list(run_dirs), {}, {}
     try:
         while queue or running:
-            while queue and len(running) < parallel:
-                run_dir = queue.pop(0)
-                job = executor.submit(TrainJob(run_dir))
-                RunDir(run_dir).update_state(state="submitted", job_id=job.job_id, backend="local")
+            ready = [d for d in queue if not any(f in queue or f in running for f in after.get(d, []))]
+            for run_dir in ready[:max(0, parallel - len(running))]:
+                queue.remove(run_dir)
+                if not first_stages_finished(run_dir, after.get(run_dir, [])):
+                    continue
+                with snapshot.active() if snapshot else contextlib.nullcontext():
+                    job = executor.submit(TrainJob(run_dir))
+                fields = {"backend": "local", "log": str(job.paths.stdout), "log_err": str(job.paths.stderr),
+                          "code": snapshot.hash if snapshot else None, "after": [], "script": None}
+                if RunDir(run_dir).read_state().get("job_id") != job.job_id:  # unless it started already
+                    fields.update(state="submitted", job_id=job.job_id, requeues=0, error=None)
+                RunDir(run_dir).update_state(**fields)
                 running[run_dir] = job
                 offsets[run_dir] = 0
             time.sleep(0.5)

@@ -3,6 +3,11 @@
 Re-running a sweep is safe: finished cells are skipped, pending and running ones are left
 alone (the scheduler is asked, once), interrupted ones resume from their checkpoint, failed
 ones rerun only with retry_failed, and cells new to the grid are started.
+
+`start` runs the pre-flight (harness.sweep.preflight) before it writes or submits anything,
+sets aside a bad checkpoint of a retried cell (RunDir.recover_checkpoint), and hands the cells
+to the backend with a snapshot of the code (harness.sweep.snapshot), first stages before the
+second stages that start from them.
 """
 from __future__ import annotations
 
@@ -64,15 +69,18 @@ class Liveness:
 
 
 def plan(grid: Grid, runs_root: str | Path = "runs", retry_failed: bool = False,
-         is_alive=None) -> list[Action]:
+         is_alive=None, only: set[str] | None = None) -> list[Action]:
     """One Action per cell. `is_alive(state)` says whether a recorded job is still queued or
-    running (default: the scheduler's answer for SLURM jobs, the process table for local ones)."""
+    running (default: the scheduler's answer for SLURM jobs, the process table for local ones);
+    with `only` (signatures), the other cells are skipped."""
     cells = cell_states(grid, runs_root)
     is_alive = is_alive or Liveness([s for _, _, s in cells])
     actions = []
     for cell, run_dir, state in cells:
         s = state["state"]
-        if s == "finished":
+        if only is not None and cell.signature not in only:
+            todo, why = "skip", "not in --only"
+        elif s == "finished":
             todo, why = "skip", "finished"
         elif s != "new" and is_alive(state):
             todo, why = "skip", f"queued or running, job {state.get('job_id')}"
@@ -86,8 +94,10 @@ def plan(grid: Grid, runs_root: str | Path = "runs", retry_failed: bool = False,
     return actions
 
 
-def start(grid: Grid, actions: list[Action], cluster: str, runs_root: str | Path = "runs"):
-    """Write each cell's folder and hand the cells to the backend (SLURM: returns the job ids per array)."""
+def start(grid: Grid, actions: list[Action], cluster: str, runs_root: str | Path = "runs", checks=None):
+    """Pre-flight (unless `checks` holds its result), then write each cell's folder and hand the
+    cells to the backend, second stages after their first stages (SLURM: returns the job ids per
+    array). Raises ConfigError (PreflightError: one line per problem) before anything is written."""
     if cluster not in BACKENDS:
         raise ConfigError(f"unknown cluster '{cluster}'; use one of {', '.join(BACKENDS)}")
     if grid.launch.parallel is not None and grid.launch.parallel < 1:
@@ -95,41 +105,52 @@ def start(grid: Grid, actions: list[Action], cluster: str, runs_root: str | Path
     todo = [a for a in actions if a.todo != "skip"]
     if not todo:
         return []
-    if cluster == "slurm":
-        from harness.sweep import slurm
-        profile = slurm.ready_profile(grid)  # checked before any folder is written
+    from harness.sweep import local, preflight, slurm, snapshot
+    checks = checks or preflight.check(grid, actions, cluster, runs_root)
+    checks.raise_problems()
     for a in todo:
-        RunDir(a.run_dir).write_cell(grid.name, a.cell)
+        run_dir = RunDir(a.run_dir)
+        run_dir.write_cell(grid.name, a.cell)
+        if a.state.get("bad_checkpoint"):  # a retried cell whose checkpoint was not one
+            print(f"[{a.cell.signature}] {run_dir.recover_checkpoint()}", flush=True)
+            run_dir.update_state(bad_checkpoint=None)
+    todo.sort(key=lambda a: a.run_dir in checks.after)  # first stages first (the sort is stable)
     run_dirs = [a.run_dir for a in todo]
+    if cluster == "debug":  # this process runs the working tree, breakpoints and all
+        local.run_debug(run_dirs, after=checks.after)
+        return []
+    code = snapshot.take(runs_root)
     if cluster == "slurm":
-        return slurm.submit(grid, [a.cell for a in todo], run_dirs, submitit_dir(grid, runs_root), profile)
-    from harness.sweep import local
-    if cluster == "debug":
-        local.run_debug(run_dirs)
-    else:
-        local.run_local(run_dirs, submitit_dir(grid, runs_root), parallel=grid.launch.parallel or 1)
+        return slurm.submit(grid, [a.cell for a in todo], run_dirs, submitit_dir(grid, runs_root), checks.profile,
+                            snapshot=code, after=checks.after, after_jobs=checks.after_jobs)
+    local.run_local(run_dirs, submitit_dir(grid, runs_root), parallel=grid.launch.parallel or 1, snapshot=code,
+                    after=checks.after)
     return []
 
 
-def describe(actions: list[Action]) -> str:
-    """The dry-run listing: one line per cell."""
+def describe(actions: list[Action], checks=None) -> str:
+    """The dry-run listing: one line per cell (with `checks`, the first stages a cell waits for)."""
     lines = []
     for a in actions:
         what = {"skip": f"skip ({a.why})", "resume": "resume from checkpoint", "submit": "submit"}[a.todo]
-        lines.append(f"{a.cell.signature}  {a.cell.label:<45}  {what}")
+        waits = [Path(d).name for d in (checks.after.get(a.run_dir, []) if checks else [])]
+        waits += checks.after_jobs.get(a.run_dir, []) if checks else []
+        lines.append(f"{a.cell.signature}  {a.cell.label:<45}  {what}"
+                     + (f" after {', '.join(waits)}" if waits else ""))
     return "\n".join(lines)
 
 
-def describe_slurm(grid: Grid, actions: list[Action], runs_root: str | Path = "runs") -> str:
+def describe_slurm(grid: Grid, actions: list[Action], runs_root: str | Path = "runs", checks=None) -> str:
     """The dry-run's SLURM part: each array job that would be submitted and its exact sbatch script."""
-    from harness.sweep import scheduler, slurm
+    from harness.sweep import scheduler, slurm, snapshot
     todo = [a for a in actions if a.todo != "skip"]
     if not todo:
         return "nothing to submit"
     profile = slurm.ready_profile(grid)
     folder = submitit_dir(grid, runs_root)
+    waits = {*checks.after, *checks.after_jobs} if checks else set()
     arrays = slurm.plan_arrays(profile, grid, [a.cell for a in todo], [a.run_dir for a in todo],
-                               scheduler.max_array_size())
+                               scheduler.max_array_size(), snapshot.planned(runs_root), waits)
     out = [f"{len(arrays)} sbatch call(s) for {len(todo)} cells (profile {profile.source})"]
     for i, array in enumerate(arrays, 1):
         out.append(f"--- array {i}/{len(arrays)}: {len(array.run_dirs)} cells "

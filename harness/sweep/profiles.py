@@ -4,8 +4,8 @@ A profile is a small YAML file in `slurm/<name>.yaml` (e.g. `slurm/local.yaml` f
 single-node test cluster that `slurm/local-cluster/up` starts). `load_profile` reads one,
 applies overrides and rejects unknown keys; `ClusterProfile.executor_params` turns it into
 the keyword arguments of submitit's `AutoExecutor.update_parameters`; `check_cluster` asks
-the real scheduler (harness.sweep.scheduler) whether the partition exists and has the GPUs asked
-for, before anything is submitted.
+the real scheduler (harness.sweep.scheduler) whether the partition exists, has the GPUs asked
+for and allows the time limit, before anything is submitted.
 
     profile = load_profile("local", {"time_min": 60})
     check_cluster(profile)
@@ -113,18 +113,25 @@ def load_profile(name_or_path: str | Path, overrides: dict[str, Any] | None = No
 
 
 def check_cluster(profile: ClusterProfile) -> None:
-    """Ask the scheduler whether `profile` can run: the partition exists and has the GPUs asked for.
+    """Ask the scheduler whether `profile` can run: the partition exists, has the GPUs asked for,
+    and allows the time limit asked for.
 
-    Raises ConfigError (one line) if SLURM is unreachable, the partition is unknown, or GPUs
-    are requested on a partition whose nodes have no GPU gres (or fewer than asked for).
+    Raises ConfigError (one line) if SLURM is unreachable, the partition is unknown, GPUs
+    are requested on a partition whose nodes have no GPU gres (or fewer than asked for), or
+    time_min is above the partition's MaxTime (sbatch would leave the jobs pending for ever).
     """
-    gres_by_partition = scheduler.partitions()
-    if profile.partition not in gres_by_partition:
-        known = ", ".join(sorted(gres_by_partition)) or "none"
+    found = scheduler.partitions()
+    if profile.partition not in found:
+        known = ", ".join(sorted(found)) or "none"
         raise ConfigError(f"{profile.source}: partition '{profile.partition}' does not exist on this "
                           f"cluster (partitions: {known}); set 'partition' to one of them")
+    limit = found[profile.partition].max_time_min
+    if limit is not None and profile.time_min > limit:
+        raise ConfigError(f"{profile.source}: time_min={profile.time_min} is above the MaxTime of partition "
+                          f"'{profile.partition}' ({limit} min); lower time_min (jobs requeue themselves "
+                          f"at the limit) or pick another partition")
     if profile.gpus_per_node > 0:
-        gres = gres_by_partition[profile.partition]
+        gres = found[profile.partition].gres
         most = max(_gpu_count(g) for g in gres)
         if most == 0:
             raise ConfigError(f"{profile.source}: gpus_per_node={profile.gpus_per_node} but the nodes of "

@@ -1,6 +1,6 @@
 """Every SLURM command the harness runs, and its errors, in one place.
 
-    partitions()        sinfo: {partition: [gres of each node group]}
+    partitions()        sinfo: {partition: Partition(gres of each node group, MaxTime)}
     max_array_size()    scontrol show config: MaxArraySize
     queued(job_ids)     squeue, once: {job id: PENDING | RUNNING | ...} for those still queued
     cancel(job_ids)     scancel, once
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from dataclasses import dataclass, field
 
 from harness.registry import ConfigError
 
@@ -36,15 +37,38 @@ def run(cmd: list[str], what: str = "") -> str:
     raise ConfigError(f"SLURM is not reachable ({cmd[0]} failed: {reason}); {what}")
 
 
-def partitions() -> dict[str, list[str]]:
-    """Each partition's node groups' gres ('none' for none), from one sinfo call."""
-    found: dict[str, list[str]] = {}
-    for line in run(["sinfo", "-h", "-o", "%R|%G"]).splitlines():
-        if "|" in line:
-            name, gres = line.split("|", 1)
-            gres = gres.strip()
-            found.setdefault(name.strip(), []).append("none" if gres == "(null)" else gres)
+@dataclass
+class Partition:
+    """What sinfo says about a partition."""
+    gres: list[str] = field(default_factory=list)
+    """The gres of each node group ('none' for none)."""
+    max_time_min: int | None = None
+    """Its MaxTime in minutes; None when unlimited."""
+
+
+def partitions() -> dict[str, Partition]:
+    """Each partition's node groups' gres and its time limit, from one sinfo call."""
+    found: dict[str, Partition] = {}
+    for line in run(["sinfo", "-h", "-o", "%R|%G|%l"]).splitlines():
+        if line.count("|") == 2:
+            name, gres, limit = (part.strip() for part in line.split("|"))
+            partition = found.setdefault(name, Partition(max_time_min=minutes(limit)))
+            partition.gres.append("none" if gres == "(null)" else gres)
     return found
+
+
+def minutes(limit: str) -> int | None:
+    """A SLURM time limit in whole minutes (seconds dropped): '30', '30:00', '2:00:00', '1-12',
+    '1-00:00:00'; None for 'infinite', 'UNLIMITED' or anything else that is not a time."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", limit)
+    if not match:
+        return None
+    days, a, b, c = (int(g) if g else 0 for g in match.groups())
+    if match.group(1):  # days-hours[:minutes[:seconds]]
+        return days * 1440 + a * 60 + b
+    if match.group(4):  # hours:minutes:seconds
+        return a * 60 + b
+    return a  # minutes[:seconds]
 
 
 def max_array_size() -> int:

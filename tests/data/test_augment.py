@@ -6,13 +6,13 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
-from test_data import prepare_main
 
 from harness.data import AUGMENTATIONS, load_card, prepare
 from harness.data import augment as A
 from harness.data.augment import build_augmentation, check_augmentation
 from harness.data.fakes import fake_images, write_folders
 from harness.registry import ConfigError
+from support import prepare_main
 
 PER_SAMPLE = ["standard", "autoaugment", "randaugment", "cutout", "standard+randaugment+cutout"]
 

@@ -1,5 +1,4 @@
 """Readers of every source layout, conversion to .beton files, and every kind of bad input."""
-import importlib.util
 import json
 import os
 import pickle
@@ -16,19 +15,11 @@ from harness.data.conversion import data_dir, verify
 from harness.data.fakes import write_cifar, write_folders
 from harness.data.readers import open_source
 from harness.registry import ConfigError
-from support import ROOT
+from support import ROOT, prepare_main
 
 CIFAR10 = load_card("cifar10")
 CIFAR100 = load_card("cifar100")
 MINI = load_card("mini_imagenet")
-
-
-def prepare_main():
-    """tools/prepare_data.py's main(argv), loaded from the file itself."""
-    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "tools" / "prepare_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def cifar_rows(images: np.ndarray) -> np.ndarray:

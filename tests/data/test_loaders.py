@@ -3,7 +3,6 @@ build_data end to end. Ranks are plain loaders built for rank 0..W-1, no process
 import numpy as np
 import pytest
 import torch
-from test_data import prepare_main
 
 from harness.config import RunConfig, from_dict
 from harness.data import augment as A
@@ -15,6 +14,7 @@ from harness.data.ffcv_loader import FFCVTrainLoader
 from harness.data.imbalance import long_tail
 from harness.data.loaders import MemoryLoader, epoch_order
 from harness.registry import ConfigError
+from support import prepare_main
 
 
 def lt_indices(n_per_class=30, classes=5, factor=10.0):

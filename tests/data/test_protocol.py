@@ -3,7 +3,6 @@ LDAM-DRW subset, the other profiles, the groups and the validation split."""
 import numpy as np
 import pytest
 import torch
-from test_data import prepare_main
 
 from harness.config import RunConfig, from_dict
 from harness.data import build_data, convert, load_card
@@ -13,6 +12,7 @@ from harness.data.imbalance import carve_val, class_counts, long_tail, subset_in
 from harness.data.readers import open_source
 from harness.metrics import shot_group
 from harness.registry import ConfigError
+from support import prepare_main
 
 CIFAR10 = load_card("cifar10")
 CIFAR100 = load_card("cifar100")

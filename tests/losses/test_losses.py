@@ -36,14 +36,16 @@ COS = [[0.8, -0.1, 0.3, 0.0],
 
 EXPECTED_NAMES = {
     "ce", "focal", "cb_softmax", "cb_focal", "cb_sigmoid", "ldam", "balanced_softmax",
-    "logit_adjust", "logit_adjust_posthoc", "supcon", "sphereface", "arcface", "cosface",
-    "ce_drw", "ldam_drw", "focal_drw", "balanced_softmax_drw", "logit_adjust_drw",
+    "logit_adjust", "logit_adjust_posthoc", "supcon", "sphereface", "arcface", "cosface", "gpaco", "ride", "sade",
+    "cb_softmax_bce", "ce_drw", "ldam_drw", "focal_drw", "balanced_softmax_drw", "logit_adjust_drw",
     "sphereface_drw", "arcface_drw", "cosface_drw",
 }
-HEADS = {"ce": "linear", "focal": "linear", "cb_softmax": "linear", "cb_focal": "linear",
+HEADS = {"ce": "linear", "focal": "linear", "cb_softmax": "linear", "cb_softmax_bce": "linear", "cb_focal": "linear",
          "cb_sigmoid": "linear", "balanced_softmax": "linear", "logit_adjust": "linear",
          "logit_adjust_posthoc": "linear", "ldam": "cosine", "cosface": "cosine",
-         "arcface": "cosine", "sphereface": "cosine", "supcon": "projection"}
+         "arcface": "cosine", "sphereface": "cosine", "supcon": "projection",
+         "gpaco": "projection",  # tests/losses/test_paco.py
+         "ride": "experts", "sade": "experts"}  # the multi-expert losses: tests/losses/test_experts.py
 
 
 def t(rows, dtype=torch.float64):
@@ -138,6 +140,10 @@ def test_bad_values_and_counts_are_config_errors():
 
 def inputs_for(name):
     head = LOSSES.get(name).head
+    if head == "experts":  # three experts' scaled logits [B, 3, C]
+        logits = (30 * t(COS)).unsqueeze(1).repeat(1, 3, 1) * t([0.9, 1.0, 1.1]).view(1, 3, 1)
+        features = torch.linspace(-1, 1, B * 3 * 2, dtype=torch.float64).reshape(B, 3, 2)
+        return logits.detach().requires_grad_(), features.requires_grad_()
     logits = t(COS if head == "cosine" else LOGITS).requires_grad_()
     features = torch.linspace(-1, 1, B * 3, dtype=torch.float64).reshape(B, 3).requires_grad_()
     return logits, features

@@ -141,7 +141,7 @@ def zero1(tmp_path_factory, tiny_card, data_root) -> Path:
 
 
 def checkpoint(folder: Path) -> dict:
-    return torch.load(folder / "ckpt" / "last.pt", weights_only=False)
+    return torch.load(folder / "ckpt" / "last.pt", weights_only=True)
 
 
 def assert_same_state(a: dict, b: dict, rtol: float, atol: float) -> None:
@@ -240,7 +240,7 @@ def test_deepspeed_zero1_matches_one_rank(one_rank, zero1):
 @pytest.mark.parametrize("run", ["ddp", "zero1"])
 def test_a_fresh_two_rank_trainer_resumes_the_checkpoint_exactly(run, request):
     folder = request.getfixturevalue(run)
-    reloaded = torch.load(folder / "reloaded.pt", weights_only=False)
+    reloaded = torch.load(folder / "reloaded.pt", weights_only=True)
     assert (reloaded["epoch"], reloaded["step_in_epoch"]) == (0, STEPS)
     assert_same_state(checkpoint(folder), reloaded, rtol=0, atol=0)
     assert all(torch.equal(a, b) for a, b in zip(checkpoint(folder)["generators"], reloaded["generators"]))

@@ -1,7 +1,9 @@
-"""Decoupled second stages (cRT, τ-norm, SupCon's linear stage), class-aware sampling, heads
-that follow losses, and the paper grid."""
+"""Second stages (cRT, τ-norm, SupCon's linear stage, weight balancing's maxnorm, LDMLR) end to
+end in one grid, class-aware sampling, heads that follow losses, and the paper grid. The parts of
+maxnorm and ldmlr are tested on their own in tests/stages/."""
 import dataclasses
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from harness.data import build_data, load_card
 from harness.data.beton import Beton
 from harness.data.loaders import MemoryLoader
 from harness.data.sampling import SampledMemoryLoader, class_draws, draw_epoch, with_sampler
+from harness.files import read_json
 from harness.grid import load_grid
 from harness.grid.validate import validate
 from harness.losses import LOSSES
@@ -23,6 +26,7 @@ from harness.run.optim import lr_factor
 from harness.run.trainer import Trainer
 from harness.rundir import RunDir
 from harness.stages import first_stage_config, first_stage_dir, stage_config, tau_normalise
+from harness.stages.diffusion import FeatureDiffusion
 from support import ROOT, write_grid
 
 COUNTS = np.array([60, 20, 6, 2])
@@ -115,6 +119,15 @@ def test_supcon_gets_a_projection_head_and_the_others_their_features():
     ({"loss": {"name": "supcon", "params": {"mode": "pretrain"}}, "stage": {"kind": "tau_norm"}}, "stage.kind"),
     ({"stage": {"from_run": "0123456789"}}, "stage.from_run"),
     ({"stage": {"kind": "crt", "epochs": 0}}, "stage.epochs"),
+    ({"loss": {"name": "ldam_drw"}, "stage": {"kind": "maxnorm"}}, "stage.kind"),
+    ({"loss": {"name": "ldam_drw"}, "stage": {"kind": "ldmlr"}}, "stage.kind"),
+    ({"stage": {"kind": "maxnorm", "loss": "ldam"}}, "stage.loss"),
+    ({"stage": {"kind": "maxnorm", "loss": "no_such_loss"}}, "stage.loss"),
+    ({"stage": {"kind": "maxnorm", "maxnorm_thresh": -0.1}}, "stage.maxnorm_thresh"),
+    ({"stage": {"kind": "maxnorm"}, "dist": {"engine": "deepspeed"}}, "dist.engine"),
+    ({"stage": {"kind": "ldmlr"}, "dist": {"engine": "deepspeed"}}, "dist.engine"),
+    ({"stage": {"kind": "ldmlr", "ldmlr": {"steps": 2000}}}, "stage.ldmlr.steps"),
+    ({"stage": {"kind": "ldmlr", "ldmlr": {"hidden": 63}}}, "stage.ldmlr.hidden"),
 ])
 def test_incompatible_combinations_are_config_errors_naming_the_key(tree, key):
     with pytest.raises(ConfigError, match=f"key '{key}'"):
@@ -126,7 +139,9 @@ def test_compatible_heads_and_stages_validate():
                  {"loss": {"name": "supcon"}, "model": {"head": "projection"}},
                  {"loss": {"name": "ldam_drw"}, "stage": {"kind": "crt"}},
                  {"loss": {"name": "supcon", "params": {"mode": "pretrain"}}, "stage": {"kind": "linear"}},
-                 {"loss": {"name": "balanced_softmax"}, "stage": {"kind": "tau_norm", "tau": 0.5}}):
+                 {"loss": {"name": "balanced_softmax"}, "stage": {"kind": "tau_norm", "tau": 0.5}},
+                 {"stage": {"kind": "maxnorm", "loss": "cb_softmax", "maxnorm_every": "step"}},
+                 {"stage": {"kind": "ldmlr", "ldmlr": {"sampler": "ddpm", "below": 100}}}):
         validate(from_dict(RunConfig, tree))
 
 
@@ -158,15 +173,19 @@ def test_tau_normalise_divides_each_row_by_its_norm_to_the_tau():
 # ---------------------------------------------------------------------------------------
 # end to end: a grid with stage.kind [train, crt, tau_norm] through the sweep, in process
 
-DECOUPLED = "stage.kind: [train, crt, tau_norm]"
+DECOUPLED = "stage.kind: [train, crt, tau_norm, maxnorm, ldmlr]"
+SMALL_GENERATOR = ("  stage.ldmlr.epochs: [3]\n  stage.ldmlr.hidden: [32]\n  stage.ldmlr.blocks: [1]\n"
+                   "  stage.ldmlr.steps: [10]\n")
+"""A feature generator that trains in a second: the end-to-end runs test the plumbing, not its samples."""
 
 
 @pytest.fixture(scope="module")
 def decoupled(tmp_path_factory, tiny_card):
-    """A 2-epoch first stage, a 1-epoch cRT and a τ-norm, run by tools/sweep.py --cluster debug."""
+    """A 2-epoch first stage, then a 1-epoch cRT, a τ-norm, a 1-epoch maxnorm and a 1-epoch ldmlr,
+    in fp32 (the τ-norm test recomputes the predictions in fp32), run by tools/sweep.py --cluster debug."""
     folder = tmp_path_factory.mktemp("decoupled")
     grid = write_grid(folder, tiny_card, folder / "data", grid=DECOUPLED,
-                      extra="  stage.epochs: [1]\n  log.images: [false]\n")
+                      extra="  stage.epochs: [1]\n  log.images: [false]\n  dist.precision: [fp32]\n" + SMALL_GENERATOR)
     assert main_sweep([str(grid), "--cluster", "debug", "--runs", str(folder / "runs")]) == 0
     runs = {RunDir(p).read_config().stage.kind: p for p in (folder / "runs" / "g").glob("[0-9a-f]*")}
     return folder, grid, runs
@@ -182,13 +201,14 @@ def result(path):
 
 def test_each_stage_stores_its_own_config_under_its_signature(decoupled):
     _, grid, runs = decoupled
-    assert set(runs) == {"train", "crt", "tau_norm"}
+    assert set(runs) == {"train", "crt", "tau_norm", "maxnorm", "ldmlr"}
     for kind, path in runs.items():
         cfg = RunDir(path).read_config()
         assert signature(cfg) == path.name and cfg.loss.name == "ce"
         assert result(path)["config"]["stage"]["kind"] == kind
     assert first_stage_dir(RunDir(runs["crt"]).read_config(), runs["crt"]).path == runs["train"]
-    assert {kind: result(path)["epochs"] for kind, path in runs.items()} == {"train": 2, "crt": 1, "tau_norm": 0}
+    assert {kind: result(path)["epochs"] for kind, path in runs.items()} == {
+        "train": 2, "crt": 1, "tau_norm": 0, "maxnorm": 1, "ldmlr": 1}
 
 
 def test_crt_keeps_the_first_stage_features_and_retrains_a_new_classifier(decoupled):
@@ -216,6 +236,57 @@ def test_tau_norm_predicts_with_the_normalised_first_stage_classifier(decoupled,
     expected = 100 * (pred == y).float().mean().item()
     assert result(runs["tau_norm"])["final"]["top1"] == pytest.approx(expected, abs=1e-6)
     assert cfg.stage.kind == "train"
+
+
+def test_maxnorm_fine_tunes_the_first_stage_classifier_inside_the_norm_ball(decoupled):
+    _, _, runs = decoupled
+    first, maxnorm = load(runs["train"])["model"], load(runs["maxnorm"])["model"]
+    norms = first["head.weight"].norm(dim=1)
+    radius = norms.min() + 0.1 * (norms.max() - norms.min())  # MaxNorm_via_PGD with the code's thresh 0.1
+    after = maxnorm["head.weight"].norm(dim=1)
+    assert after.max() <= radius * (1 + 1e-6) and after.max() == pytest.approx(radius.item(), rel=1e-5)
+    assert not torch.equal(maxnorm["head.bias"], first["head.bias"])  # trained, from the first stage's
+    for key, value in first.items():
+        if key.startswith("backbone."):
+            assert torch.equal(maxnorm[key.replace("backbone.", "backbone.module.", 1)], value), key
+    # its loss is cb_softmax_bce, a BCE averaged over the classes: about CE / C
+    assert result(runs["maxnorm"])["history"][0]["loss"] < math.log(10) / 2
+
+
+def test_ldmlr_retrains_the_classifier_on_real_and_generated_features(decoupled):
+    _, _, runs = decoupled
+    run, res = RunDir(runs["ldmlr"]), result(runs["ldmlr"])
+    counts = res["class_counts"]
+    expected = [max(round(0.2 * n), 5) for n in counts]  # LDMLR main.py: max(round(n * feature_ratio), 5)
+    assert res["generated_features"] == expected and res["generated_counts"] is None
+    real, made = run.load_tensors(run.FEATURES), run.load_tensors(run.GENERATED)
+    assert real["features"].shape == (res["train_images"], 64) and torch.bincount(real["labels"]).tolist() == counts
+    assert made["features"].shape == (sum(expected), 64) and made["counts"] == expected
+    low, high = real["features"].min(0).values, real["features"].max(0).values
+    assert (made["features"] >= low - 1e-4).all() and (made["features"] <= high + 1e-4).all()  # x0 clipped
+    assert len(read_json(run.file(run.GENERATOR_LOSS))["loss"]) == 3 == run.load_tensors(run.GENERATOR)["epoch"]
+    first, ldmlr = load(runs["train"])["model"], load(runs["ldmlr"])["model"]
+    assert not torch.equal(ldmlr["head.weight"], first["head.weight"])
+    assert torch.equal(ldmlr["backbone.module.conv.weight"], first["backbone.conv.weight"])
+
+
+def test_an_ldmlr_run_again_reuses_its_finished_generator(decoupled, monkeypatch):
+    _, _, runs = decoupled
+    source = RunDir(runs["ldmlr"])
+    again = RunDir(runs["ldmlr"].parent / "ldmlr_again")  # next to its first stage, which it finds there
+    shutil.copytree(source.path, again.path)
+    for name in (again.RESULT, again.CHECKPOINT, again.GENERATED):
+        again.file(name).unlink()
+
+    def retrained(*args):
+        raise AssertionError("the finished generator was trained again")
+
+    monkeypatch.setattr(FeatureDiffusion, "loss", retrained)
+    cfg = source.read_config()
+    assert Trainer(cfg, again.path).train()["generated_features"] == result(runs["ldmlr"])["generated_features"]
+    assert torch.equal(again.load_tensors(again.GENERATED)["features"],
+                       source.load_tensors(source.GENERATED)["features"])
+    shutil.rmtree(again.path)
 
 
 def test_a_second_stage_by_signature_or_path_and_its_errors(decoupled):
@@ -280,17 +351,53 @@ def test_the_paper_grid_expresses_the_ldam_drw_protocol():
     assert drw.start_epoch(200) == 160 and resolve_head(ldam.model.head, type(drw)) == "cosine"
 
 
+TWO_STAGE_GRIDS = {"cifar_lt_weight_balancing.yaml": "loss,optim.weight_decay", "cifar_lt_ldmlr.yaml": "loss,aug",
+                   "cifar_lt_sota.yaml": "recipe"}
+"""The grids whose rows docs/published.yaml names (besides losses), and the --rows their comments report them by."""
+
+
 def test_published_numbers_are_a_loss_by_dataset_table_the_report_reads():
     from harness.report import load_published
+    from harness.report.runs import grid_rows
+    from harness.report.table import build_table
     numbers = yaml.safe_load((ROOT / "docs" / "published.yaml").read_text())["numbers"]
     assert numbers["ce"]["cifar10 IF100"] == 70.4 and numbers["ldam_drw"]["cifar100 IF100"] == 42.0
-    for loss, row in numbers.items():
-        assert loss in LOSSES, loss
+    two_stage = {}  # row label -> column labels, as the report prints the two-stage grids
+    for name, rows in TWO_STAGE_GRIDS.items():
+        cells = grid_rows([], load_grid(ROOT / "jobs" / name, check=False))
+        t = build_table(cells, rows.split(","), ["dataset", "imbalance_factor"])
+        two_stage.update({t.row_label(r): {t.col_label(c) for c in t.col_values} for r in t.row_values})
+    for label, row in numbers.items():
+        assert label in LOSSES or set(row) <= two_stage.get(label, set()), label
         for column, value in row.items():
             dataset, factor = column.split(" IF")
-            assert dataset in ("cifar10", "cifar100") and factor in ("10", "100") and 0 < value < 100
+            assert dataset in ("cifar10", "cifar100") and factor in ("10", "50", "100") and 0 < value < 100
+    assert numbers["ce, weight_decay=0.005, kind=maxnorm"]["cifar100 IF100"] == 53.35
+    assert numbers["ce, standard+mixup, kind=ldmlr"]["cifar10 IF100"] == 76.26
     table, source = load_published(ROOT / "docs" / "published.yaml")
     assert table[("cb_focal", "cifar10 if100")] == 74.6 and "best epoch" in source
+
+
+def test_the_two_stage_grids_pair_every_second_stage_with_its_first_at_the_codes_recipes():
+    for name in TWO_STAGE_GRIDS:
+        cells = load_grid(ROOT / "jobs" / name).cells
+        firsts = {c.signature for c in cells if c.config.stage.kind == "train"}
+        seconds = [c.config for c in cells if c.config.stage.kind != "train"]
+        assert len(seconds) == len(firsts) and {signature(first_stage_config(c)) for c in seconds} == firsts
+    wb = next(c.config for c in load_grid(ROOT / "jobs" / "cifar_lt_weight_balancing.yaml").cells
+              if c.config.stage.kind == "maxnorm")
+    assert (wb.data.dataset, wb.loss.name, wb.optim.lr, wb.optim.weight_decay, wb.optim.batch_size,
+            wb.schedule.decay, wb.schedule.warmup_epochs) == ("cifar100", "ce", 0.01, 5e-3, 64, "cosine", 0)
+    run = stage_config(wb)
+    assert (run.loss.name, run.optim.lr, run.optim.weight_decay, run.schedule.epochs, wb.stage.maxnorm_thresh) == (
+        "cb_softmax_bce", 0.01, 0.1, 10, 0.1)
+    ld = next(c.config for c in load_grid(ROOT / "jobs" / "cifar_lt_ldmlr.yaml").cells
+              if c.config.stage.kind == "ldmlr")
+    assert (ld.aug.name, ld.aug.params, ld.optim.lr, ld.optim.nesterov, ld.optim.weight_decay, ld.optim.batch_size,
+            ld.schedule.milestones, ld.schedule.gamma) == ("standard+mixup", {"mixup": {"alpha": 0.5}}, 0.1, True,
+                                                           5e-4, 64, [100, 150], 0.1)
+    run = stage_config(ld)
+    assert (run.optim.name, run.optim.lr, run.optim.batch_size, run.schedule.epochs) == ("adam", 1e-3, 1024, 400)
 
 
 def test_the_decoupled_grid_starts_from_the_paper_grids_ce_cells():

@@ -24,6 +24,7 @@ from harness.console import Progress, track
 from harness.report import report
 from harness.run import tensorboard
 from support import ROOT, write_grid
+from support.results import FINAL, GRID, result_for
 
 SWEEP = str(ROOT / "tools" / "sweep.py")
 
@@ -157,7 +158,6 @@ def test_report_of_real_runs(grid_runs):
 
 def test_report_gives_hparams_to_runs_without_them(tmp_path):
     """Result files made elsewhere (no tb/ at all) join the dashboard when the report runs."""
-    from test_report import FINAL, GRID, result_for
 
     from harness.grid import load_grid
     from harness.rundir import RunDir
@@ -183,7 +183,6 @@ def test_report_gives_hparams_to_runs_without_them(tmp_path):
 
 def test_a_lone_run_gets_a_few_config_fields_as_hparams(tmp_path):
     """A run trained outside a sweep (no cell.json) still has an HParams entry."""
-    from test_report import GRID, result_for
 
     from harness.grid import load_grid
     (tmp_path / "paper.yaml").write_text(GRID)

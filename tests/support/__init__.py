@@ -1,5 +1,6 @@
 """Helpers the tests share (not tests): the repository root, small grid files, the SLURM cluster
 fixture (support.slurm) and the rank worker of the multi-process tests (support.dist_worker)."""
+import importlib.util
 import textwrap
 from pathlib import Path
 
@@ -23,3 +24,11 @@ def write_grid(folder: Path, card: Path, data_root: Path, name: str = "g", extra
     path = folder / f"{name}.yaml"
     path.write_text(text)
     return path
+
+
+def prepare_main():
+    """tools/prepare_data.py's main(argv), loaded from the file itself."""
+    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "tools" / "prepare_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from harness.rundir import RunDir
 from support import ROOT, write_grid
 
 SWEEP = str(ROOT / "tools" / "sweep.py")
@@ -72,8 +73,7 @@ def test_a_killed_sweep_resumes_from_the_checkpoint(tmp_path, tiny_card):
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its training process, without warning
     proc.wait()
     assert not (run / "result.json").exists()
-    import torch
-    saved = torch.load(run / "ckpt" / "last.pt", weights_only=False)
+    saved = RunDir(run).load_checkpoint()
     done = saved["epoch"]
     assert 1 <= done < 4
 

@@ -1,21 +1,9 @@
-"""Decoupled second stages (Kang et al., ICLR 2020): start from a finished run's model.
+"""Decoupled training's pieces (Kang et al., ICLR 2020) that every second stage shares: where its
+first stage is, that run's config and weights, and the frozen backbone.
 
-    stage: {kind: crt}          # cRT: a new linear classifier on frozen features, class-balanced
-    stage: {kind: tau_norm}     # τ-norm: the first stage's classifier with w_j / ||w_j||^τ
-    stage: {kind: linear}       # SupCon's second stage: cRT with instance-balanced sampling
-
-A second stage is a cell like any other; its first stage is `stage.from_run` (a signature in
-the same grid folder, or a run folder) or, by default, the cell's own config with
-`stage.kind: train`, so a grid axis `stage.kind: [train, crt, tau_norm]` pairs every second
-stage with its first. The trainer asks this module for two things:
-
-- `stage_config(cfg)`: what the stage trains with. A second stage trains CE on a new linear
-  head for `stage.epochs` (cosine decay from `stage.lr`, no warm-up), or nothing (tau_norm);
-  the cell's own config is what the run folder stores.
-- `stage_model(cfg, run_dir, model)`: the model to start from. The first stage's backbone is
-  loaded into `model`; crt and linear freeze it (eval mode: BatchNorm statistics stay), and
-  tau_norm sets the head to the first stage's τ-normalised weights with no bias (as Kang et
-  al.'s τ-norm code computes logits f·w̃ᵀ).
+A second stage's first stage is `stage.from_run` (a signature in the same grid folder, or a run
+folder) or, by default, the cell's own config with `stage.kind: train`, so a grid axis
+`stage.kind: [train, crt, tau_norm]` pairs every second stage with its first.
 """
 from __future__ import annotations
 
@@ -26,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from harness.config import LossConfig, RunConfig, ScheduleConfig, StageConfig, signature
+from harness.config import RunConfig, StageConfig, signature
 from harness.registry import ConfigError
 from harness.rundir import RunDir
 
@@ -34,60 +22,32 @@ SIGNATURE = re.compile(r"[0-9a-f]{10}")
 SAME_DATA = ("dataset", "imbalance", "imbalance_factor", "imbalance_params", "val", "val_fraction")
 """Data fields a second stage must share with its first (the same long-tailed training set)."""
 
+FROM_CLASSIFIER = ("tau_norm", "maxnorm", "ldmlr")
+"""The kinds that start from the first stage's linear classifier (the others train a new one)."""
+
 
 # ---------------------------------------------------------------------------------------
-# configs
+# the first stage's config and run folder
 
 def first_stage_config(cfg: RunConfig) -> RunConfig:
     """The config of the run a second stage starts from when stage.from_run is ''."""
     return dataclasses.replace(cfg, stage=StageConfig())
 
 
-def stage_config(cfg: RunConfig) -> RunConfig:
-    """What a run trains with: `cfg` itself, or for a second stage CE on a linear head for
-    stage.epochs epochs (0 for tau_norm) at stage.lr with cosine decay."""
-    s = cfg.stage
-    if s.kind == "train":
-        return cfg
-    return dataclasses.replace(
-        cfg, loss=LossConfig(name="ce"), model=dataclasses.replace(cfg.model, head="linear"),
-        optim=dataclasses.replace(cfg.optim, lr=s.lr),
-        schedule=ScheduleConfig(epochs=0 if s.kind == "tau_norm" else s.epochs, warmup_epochs=0,
-                                decay="cosine"))
-
-
-def check_stage(cfg: RunConfig, where: str = "") -> None:
-    """Raise ConfigError, naming the key, for a stage that cannot run."""
-    s = cfg.stage
-    if s.kind == "train":
-        if s.from_run:
-            raise ConfigError(f"{where}key 'stage.from_run' is only for second stages "
-                              f"(stage.kind crt, tau_norm, linear); remove it or set stage.kind")
-        return
-    if s.epochs < 1 or s.lr <= 0 or s.tau < 0:
-        raise ConfigError(f"{where}key 'stage.epochs', 'stage.lr', 'stage.tau' must be >= 1, > 0, >= 0; "
-                          f"got {s.epochs}, {s.lr}, {s.tau}")
-    if s.kind == "tau_norm" and not s.from_run:
-        check_classifier(cfg, f"{where}key 'stage.kind': ")
-
-
-def check_classifier(first: RunConfig, prefix: str) -> None:
-    """tau_norm needs a first stage that trained a linear classifier."""
+def check_classifier(first: RunConfig, prefix: str, kind: str) -> None:
+    """tau_norm, maxnorm and ldmlr need a first stage that trained a linear classifier."""
     from harness.losses import LOSSES
     from harness.models import resolve_head
 
     loss = LOSSES.get(first.loss.name)
     head = resolve_head(first.model.head, loss)
     if head == "cosine":
-        raise ConfigError(f"{prefix}tau_norm needs a linear classifier, but loss {first.loss.name} "
+        raise ConfigError(f"{prefix}{kind} needs a linear classifier, but loss {first.loss.name} "
                           f"trains a cosine head (its weights are normalised already); use crt")
     if first.loss.params.get("mode") == "pretrain":
-        raise ConfigError(f"{prefix}tau_norm needs a trained classifier, but supcon mode pretrain "
+        raise ConfigError(f"{prefix}{kind} needs a trained classifier, but supcon mode pretrain "
                           f"trains none; use stage.kind linear")
 
-
-# ---------------------------------------------------------------------------------------
-# the first stage's run folder and weights
 
 def first_stage_dir(cfg: RunConfig, run_dir: str | Path) -> RunDir:
     """Where the first stage of this second stage lives."""
@@ -129,15 +89,18 @@ def check_same_run(cfg: RunConfig, first: RunConfig, folder: Path) -> None:
     for key, theirs, ours in pairs:
         if theirs != ours:
             raise ConfigError(f"{prefix} has {key} {theirs!r}, this run {ours!r}; make them equal")
-    if cfg.stage.kind == "tau_norm":
-        check_classifier(first, f"{prefix}: ")
+    if cfg.stage.kind in FROM_CLASSIFIER:
+        check_classifier(first, f"{prefix}: ", cfg.stage.kind)
 
 
 # ---------------------------------------------------------------------------------------
 # the model a second stage starts from
 
 class Frozen(nn.Module):
-    """A module that stays in eval mode and computes no gradients: a fixed representation."""
+    """A module that stays in eval mode and computes no gradients: a fixed representation.
+
+    A 2-D input is a batch of features it already computed (ldmlr trains its classifier on
+    those): it passes through as it is."""
 
     def __init__(self, module: nn.Module):
         super().__init__()
@@ -148,6 +111,8 @@ class Frozen(nn.Module):
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return x
         with torch.no_grad():
             return self.module(x)
 
@@ -155,20 +120,3 @@ class Frozen(nn.Module):
 def tau_normalise(weight: torch.Tensor, tau: float) -> torch.Tensor:
     """w_j / ||w_j||^τ for every class row j (Kang et al. 2020, eq. 3)."""
     return weight / weight.norm(dim=1, keepdim=True).clamp_min(1e-12).pow(tau)
-
-
-def stage_model(cfg: RunConfig, run_dir: str | Path, model: nn.Module) -> nn.Module:
-    """`model` (built from stage_config(cfg)) as this stage starts from it."""
-    s = cfg.stage
-    if s.kind == "train":
-        return model
-    _, weights = load_first_stage(cfg, run_dir)
-    backbone = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
-    model.backbone.load_state_dict(backbone)
-    if s.kind == "tau_norm":
-        with torch.no_grad():
-            model.head.weight.copy_(tau_normalise(weights["head.weight"], s.tau))
-            model.head.bias.zero_()
-        return model
-    model.backbone = Frozen(model.backbone)
-    return model

@@ -1,0 +1,69 @@
+"""A backbone and a head: what the trainer builds from `model.name`, `model.head` and `model.params`."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from harness.models.backbones import MODELS, expert_count
+from harness.models.heads import HEADS, PROJECTION_DIM, ExpertHeads, ProjectionHead
+from harness.registry import ConfigError
+
+
+class Classifier(nn.Module):
+    """A backbone (images -> features), a head (features -> logits) and, for SupCon, a
+    projection (features -> the embedding returned as features).
+
+    With a multi-expert backbone (`num_experts` K > 0) the head is `ExpertHeads`: logits
+    [B, K, C] (each expert's s·cos) and features [B, K, D]; the expert losses reduce them.
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, head: str, num_experts: int = 0,
+                 projection: tuple[int, int] = (1, PROJECTION_DIM)):
+        super().__init__()
+        self.backbone = backbone
+        if head == "experts":
+            self.head = ExpertHeads(feature_dim, num_classes, num_experts)
+        else:
+            self.head = HEADS.get("linear" if head == "projection" else head)(feature_dim, num_classes)
+        hidden, out = projection
+        self.projection = ProjectionHead(feature_dim, out, hidden) if head == "projection" else None
+        self.feature_dim = feature_dim
+        self.num_experts = num_experts
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.backbone(x)
+        return self.head(f), (f if self.projection is None else self.projection(f))
+
+
+def check_model(name: str, loss_cls, params: dict | None = None) -> None:
+    """Raise ConfigError unless the model suits the loss: a multi-expert backbone goes with an
+    expert loss (head 'experts') and the other way round, with a positive whole number of experts,
+    the number the loss needs if it needs one (`loss_cls.num_experts`, e.g. SADE's 3)."""
+    experts = expert_count(name, params)  # None: a single-head backbone
+    if experts is not None and (isinstance(experts, bool) or not isinstance(experts, int) or experts < 1):
+        raise ConfigError(f"model '{name}': num_experts must be a positive integer, got {experts!r}")
+    wants_experts = getattr(loss_cls, "head", "linear") == "experts"
+    if experts and not wants_experts:
+        raise ConfigError(f"model '{name}' has {experts} experts; train it with an expert loss (ride, sade)")
+    if wants_experts and not experts:
+        raise ConfigError(f"loss '{loss_cls.__name__}' needs a multi-expert model "
+                          f"({', '.join(n for n in MODELS.names() if expert_count(n) is not None)}), not '{name}'")
+    needed = getattr(loss_cls, "num_experts", None)
+    if needed is not None and experts != needed:
+        raise ConfigError(f"loss '{loss_cls.__name__}' needs {needed} experts; model '{name}' has {experts} "
+                          f"(model.params.num_experts)")
+
+
+def build_model(name: str, num_classes: int, head: str, params: dict | None = None,
+                projection: tuple[int, int] = (1, PROJECTION_DIM)) -> Classifier:
+    """The registered backbone `name` (built with `params`) and the head `head` (not 'auto'); with
+    the projection head, `projection` = (hidden layers, output size): the loss's own (Loss.projection)."""
+    backbone = MODELS.build(name, params)
+    experts = getattr(backbone, "num_experts", 0)
+    if experts and head != "experts":
+        raise ConfigError(f"model '{name}' has {experts} experts and needs the experts head (an expert loss), "
+                          f"not '{head}'")
+    if head == "experts" and not experts:
+        raise ConfigError(f"the experts head needs a multi-expert model, not '{name}'")
+    return Classifier(backbone, backbone.out_dim, num_classes, head, experts, projection)
+
