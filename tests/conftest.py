@@ -15,6 +15,14 @@ from support.slurm import *  # noqa: E402,F401,F403  (the slurm_cluster fixture)
 
 
 @pytest.fixture(scope="session")
+def learn_data(tmp_path_factory) -> tuple[Path, Path]:
+    """The learning tests' card (support.learning) and a data root shared by them: generated once."""
+    from support.learning import write_learn_card
+    folder = tmp_path_factory.mktemp("learn")
+    return write_learn_card(folder), folder / "data"
+
+
+@pytest.fixture(scope="session")
 def tiny_card(tmp_path_factory) -> Path:
     """A small synthetic dataset card (60 train / 20 test images per class)."""
     folder = tmp_path_factory.mktemp("cards")

@@ -72,8 +72,9 @@ class ModelConfig:
     """Parameters of the backbone's builder (resnet32_experts: num_experts, reduce_dimension)."""
     channels_last: bool = True
     """Compute in the channels_last memory format (faster on GPUs and on these CPUs: bench/precision.py)."""
-    compile: bool = field(default=False, metadata=NOT_IN_SIGNATURE)
-    """torch.compile the model (CUDA only)."""
+    compile: bool | Literal["auto"] = field(default="auto", metadata=NOT_IN_SIGNATURE)
+    """torch.compile the model: auto compiles runs long enough to pay for the compilation
+    (harness.run.wrap.COMPILE_MIN_STEPS training steps, from bench/precision.py), true always, false never."""
 
 
 @dataclass

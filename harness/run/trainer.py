@@ -78,9 +78,9 @@ class Trainer:
         self.precision = choose_precision(cfg, self.device, uses_deepspeed(cfg, self.env))
         model = self.precision.prepare(model)
         self.optimizer = build_optimizer(model, cfg, self.env.world_size)
-        self.model, self.net = wrap(model, self.optimizer, cfg, self.env)
-        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + self.env.rank)
         self.steps_per_epoch = len(self.data.train)
+        self.model, self.net = wrap(model, self.optimizer, cfg, self.env, self.steps_per_epoch * cfg.schedule.epochs)
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + self.env.rank)
         self.epoch, self.step_in_epoch, self.history, self.epoch_loss = 0, 0, [], (0.0, 0)
         self.stop_requested = False
         self.checkpoint = Checkpointer(self.run_dir, self.env, uses_deepspeed(cfg, self.env))

@@ -12,6 +12,7 @@ weights whatever their dtype, so its tolerance is float32's.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -30,7 +31,7 @@ from harness.dist import DistEnv
 from harness.grid import Cell, load_grid
 from harness.registry import ConfigError
 from harness.run.trainer import Trainer
-from harness.run.wrap import Precision, choose_precision, native_bf16
+from harness.run.wrap import COMPILE_MIN_STEPS, Precision, choose_precision, compiles, native_bf16
 from harness.rundir import RunDir
 from harness.topology import Topology, first_host, master_port, topology
 from support import ROOT
@@ -198,12 +199,15 @@ def test_auto_precision_is_bf16_where_the_cpu_has_it_and_fp32_stays_one_key_away
         assert {c.config.dist.precision for c in load_grid(ROOT / "jobs" / grid).cells} == {"fp32"}
 
 
-def test_bf16_channels_last_and_compile_on_the_cpu(tmp_path, tiny_card, data_root):
-    """bf16 asked for on the CPU autocasts there, in channels_last; compile is CUDA-only and skipped."""
+def test_bf16_and_channels_last_on_the_cpu_and_compile_auto_leaves_a_short_run_eager(tmp_path, tiny_card, data_root):
+    """bf16 asked for on the CPU autocasts there, in channels_last; model.compile auto compiles only
+    runs of COMPILE_MIN_STEPS steps (this one has 4)."""
     cfg = cell_config(tiny_card, data_root, dist={"precision": "bf16"},
-                      model={"name": "resnet8", "channels_last": True, "compile": True})
+                      model={"name": "resnet8", "channels_last": True, "compile": "auto"})
     trainer = Trainer(cfg, tmp_path)
     assert trainer.net is trainer.model  # neither wrapped nor compiled
+    assert compiles(cfg, COMPILE_MIN_STEPS) and not compiles(cfg, COMPILE_MIN_STEPS - 1)
+    assert not compiles(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compile=False)), 10 ** 6)
     x, y = next(iter(trainer.data.train))
     with trainer.precision.autocast():
         logits, _ = trainer.net(trainer.inputs(x))
@@ -214,6 +218,21 @@ def test_bf16_channels_last_and_compile_on_the_cpu(tmp_path, tiny_card, data_roo
     assert torch.isfinite(loss)
     assert trainer.model.head.weight.dtype == torch.float32
     assert not torch.equal(before, trainer.model.head.weight)
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_on_the_cpu_and_matches_the_eager_run(tmp_path, tiny_card, data_root):
+    """model.compile true compiles on the CPU too (inductor); the compiled step computes what the
+    eager one does, to float32's rounding of reordered kernels."""
+    results = {}
+    for compile_ in (False, True):
+        cfg = cell_config(tiny_card, data_root, model={"name": "resnet8_narrow", "compile": compile_})
+        trainer = Trainer(cfg, tmp_path / str(compile_))
+        assert (trainer.net is not trainer.model) == compile_
+        results[compile_] = trainer.train()
+    eager, compiled = (results[k]["history"][0] for k in (False, True))
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-3)
+    assert abs(compiled["top1"] - eager["top1"]) <= 2.0
 
 
 # --- equivalence, shares, checkpoints -------------------------------------------------------

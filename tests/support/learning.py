@@ -1,0 +1,61 @@
+"""What the learning tests share: one run of the learnable long-tailed set through the Trainer, and
+the table of the means over seeds.
+
+The set (the `learn_data` fixture of tests/conftest.py): the procedural synthetic card with 300
+training images per class before the imbalance (300 ... 3 at IF 100: 3 many-shot, 3 medium, 4
+few-shot classes) and 50 test images per class. The base recipe: a narrow ResNet-8, batch 32 (23
+steps an epoch; LDAM's margins need the steps), 15 epochs with the LDAM-DRW shape (warm-up, lr
+x0.1 at 80 %), dist.precision auto (bf16 on CPUs that have it). Metrics are the last epoch's.
+"""
+from pathlib import Path
+
+import yaml
+
+from harness.config import RunConfig, from_dict
+from harness.grid.validate import validate
+from harness.metrics import METRICS
+from harness.run.trainer import Trainer
+from support import ROOT
+
+SEEDS = (0, 1)
+
+
+def write_learn_card(folder: Path) -> Path:
+    card = yaml.safe_load((ROOT / "datasets" / "synthetic.yaml").read_text())
+    card["name"] = "learn"
+    card["source"].update(train_per_class=300, test_per_class=50)
+    path = folder / "learn.yaml"
+    path.write_text(yaml.safe_dump(card))
+    return path
+
+
+def learn_config(card: Path, data_root: Path, seed: int, **sections) -> RunConfig:
+    """The base recipe, with `sections` ({"loss": {...}, "optim": {...}}) merged into it."""
+    tree = {
+        "seed": seed,
+        "data": {"dataset": str(card), "root": str(data_root), "loader": "memory", "imbalance_factor": 100},
+        "model": {"name": "resnet8_narrow"},
+        "loss": {"name": "ce"},
+        "optim": {"batch_size": 32, "lr": 0.1},
+        "schedule": {"epochs": 15, "warmup_epochs": 2, "decay": "step", "milestones": [0.8], "gamma": 0.1},
+        "log": {"print_every": 0, "images": False},
+    }
+    for section, values in sections.items():
+        tree[section] = {**tree.get(section, {}), **values} if isinstance(values, dict) else values
+    return from_dict(RunConfig, tree)
+
+
+def train_final(cfg: RunConfig, run_dir: Path) -> dict:
+    """The last epoch's top-1 and many/medium/few-shot accuracy of one validated run."""
+    validate(cfg)
+    final = Trainer(cfg, run_dir).train()["final"]
+    assert final["few"] is not None and final["many"] is not None  # every shot group present
+    return final
+
+
+def means_table(runs: dict) -> tuple[dict, str]:
+    """{method: [final, ...]} -> ({method: {metric: mean over seeds}}, a Markdown table of them)."""
+    means = {name: {m: sum(r[m] for r in rows) / len(rows) for m in METRICS} for name, rows in runs.items()}
+    lines = ["| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{row[m]:.1f}" for m in METRICS) + " |" for name, row in means.items()]
+    return means, "\n".join(lines)
