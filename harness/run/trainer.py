@@ -9,6 +9,7 @@ and when a stop is requested (preemption); starting the same run again resumes f
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,6 +51,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     precision: Precision         # bf16 autocast, channels_last
     gen: torch.Generator         # this rank's augmentation stream
+    after_step: Callable         # a second stage's hook after every step (maxnorm's projection), else nothing
     checkpoint: Checkpointer
     record: Recorder
     epoch: int                   # epochs finished
