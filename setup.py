@@ -28,7 +28,7 @@ setup(
     extras_require={
         "deepspeed": ["deepspeed==0.19.8"],
         "generate": ["diffusers==0.42.1", "transformers"],
-        "dev": ["pytest>=8", "pytest-timeout", "ruff==0.14.*", "deepspeed==0.19.8", "diffusers==0.42.1",
+        "dev": ["pytest>=8", "pytest-timeout", "pytest-xdist", "ruff==0.14.*", "deepspeed==0.19.8", "diffusers==0.42.1",
                 "transformers"],
     },
 )

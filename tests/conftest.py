@@ -4,13 +4,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: `import harness`
 sys.path.insert(0, str(Path(__file__).parent))  # `import support`
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # tools/test.sh runs the suite on two pytest-xdist workers
+os.environ.setdefault("OMP_NUM_THREADS", "1" if WORKER else "2")  # one thread a worker: two fill two cores
 
-from support import ROOT  # noqa: E402
+from support import write_card  # noqa: E402
 from support.slurm import *  # noqa: E402,F401,F403  (the slurm_cluster fixture)
 
 
@@ -25,10 +25,16 @@ def learn_data(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny_card(tmp_path_factory) -> Path:
     """A small synthetic dataset card (60 train / 20 test images per class)."""
-    folder = tmp_path_factory.mktemp("cards")
-    card = yaml.safe_load((ROOT / "datasets" / "synthetic.yaml").read_text())
-    card["name"] = "tiny"
-    card["source"].update(train_per_class=60, test_per_class=20)
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(card))
-    return path
+    return write_card(tmp_path_factory.mktemp("cards"), "tiny", train_per_class=60, test_per_class=20)
+
+
+def pytest_collection_modifyitems(config, items):
+    """For pytest-xdist (`-n 2 --dist loadgroup`, tools/test.sh): the tests that submit to the one SLURM
+    cluster run on one worker, one after another (they wait on the same queue); and the slow tests
+    (their modules whole, so that a module's fixtures are built once a worker) are handed out first, so that
+    no worker starts a long one while the other has nothing left."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+    slow_modules = {item.module for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module not in slow_modules)  # stable: each module's order stays

@@ -2,9 +2,22 @@
 fixture (support.slurm) and the rank worker of the multi-process tests (support.dist_worker)."""
 import importlib.util
 import textwrap
+import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_card(folder: Path, name: str, train_per_class: int, test_per_class: int) -> Path:
+    """A card of the procedural synthetic dataset (datasets/synthetic.yaml) with other sizes, in `folder`."""
+    card = yaml.safe_load((ROOT / "datasets" / "synthetic.yaml").read_text())
+    card["name"] = name
+    card["source"].update(train_per_class=train_per_class, test_per_class=test_per_class)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(card))
+    return path
 
 
 def write_grid(folder: Path, card: Path, data_root: Path, name: str = "g", extra: str = "",
@@ -26,9 +39,24 @@ def write_grid(folder: Path, card: Path, data_root: Path, name: str = "g", extra
     return path
 
 
-def prepare_main():
-    """tools/prepare_data.py's main(argv), loaded from the file itself."""
-    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "tools" / "prepare_data.py")
+def load_script(relative: str):
+    """A script of the repository that is not a package module (tools/*.py, bench/*.py), as a module."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main
+    return module
+
+
+def prepare_main():
+    """tools/prepare_data.py's main(argv), loaded from the file itself."""
+    return load_script("tools/prepare_data.py").main
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    """Poll `predicate` until it is true; an AssertionError naming `what` after `timeout_s` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.2)

@@ -9,24 +9,17 @@ x0.1 at 80 %), dist.precision auto (bf16 on CPUs that have it). Metrics are the 
 """
 from pathlib import Path
 
-import yaml
-
 from harness.config import RunConfig, from_dict
 from harness.grid.validate import validate
 from harness.metrics import METRICS
 from harness.run.trainer import Trainer
-from support import ROOT
+from support import write_card
 
 SEEDS = (0, 1)
 
 
 def write_learn_card(folder: Path) -> Path:
-    card = yaml.safe_load((ROOT / "datasets" / "synthetic.yaml").read_text())
-    card["name"] = "learn"
-    card["source"].update(train_per_class=300, test_per_class=50)
-    path = folder / "learn.yaml"
-    path.write_text(yaml.safe_dump(card))
-    return path
+    return write_card(folder, "learn", train_per_class=300, test_per_class=50)
 
 
 def learn_config(card: Path, data_root: Path, seed: int, **sections) -> RunConfig:

@@ -13,6 +13,8 @@ import pytest
 submitit = pytest.importorskip("submitit")
 import cloudpickle  # noqa: E402  (comes with submitit)
 
+from support import wait_for  # noqa: E402
+
 # Jobs unpickle Sleeper below; send this module's code by value since the job cannot import it.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -33,13 +35,6 @@ if run == "0":
     time.sleep(120)
 """
 
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def job_field(job_id: str, name: str) -> str:

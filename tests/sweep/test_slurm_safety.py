@@ -3,11 +3,9 @@ stages wait for their first stages (job dependencies), and array tasks killed wi
 `scancel --signal=KILL` are resumed by the next sweep to the same results as uninterrupted runs."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ import pytest
 from harness.data import load_card, prepare
 from harness.grid import load_grid
 from harness.sweep.status import cancel
-from support import ROOT, write_grid
+from support import load_script, wait_for, write_grid
 from support.repo_copy import MARKER, edit, repo_copy, run_copy
 
 HOLD = "launch: {cluster: slurm, profile: local, slurm: {sbatch_extra: [--hold]}}\n"
@@ -27,13 +25,6 @@ def data_root(tiny_card, tmp_path_factory) -> Path:
     prepare(load_card(str(tiny_card)), root)
     return root
 
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def state(runs: Path, grid: str, sig: str) -> dict:
@@ -88,17 +79,10 @@ def test_second_stages_wait_for_their_first_stages_with_a_dependency(slurm_clust
         cancel(load_grid(grid, check=False), runs)
 
 
-def chaos_module():
-    """bench/chaos.py, which is not a package module."""
-    spec = importlib.util.spec_from_file_location("chaos", ROOT / "bench" / "chaos.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
 def test_array_tasks_killed_by_scancel_are_resumed_to_the_same_results(slurm_cluster, tmp_path):
-    chaos = chaos_module()
+    chaos = load_script("bench/chaos.py")
     ref_runs, _ = chaos.reference(tmp_path, cells=2, epochs=3)
     found = chaos.slurm_chaos(tmp_path, ref_runs, kills=2)
     assert found["kills"] == 2 and found["finished"], found

@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from harness.grid import load_grid
 from harness.rundir import RunDir
 from harness.sweep import slurm
 from harness.sweep.status import cancel
-from support import ROOT, write_grid
+from support import ROOT, wait_for, write_grid
 
 SWEEP = str(ROOT / "tools" / "sweep.py")
 SLURM = "launch: {cluster: slurm, profile: local}\n"
@@ -67,13 +66,6 @@ def sweep_cli(grid: Path, *args, cwd: Path) -> str:
         main_sweep([str(grid), QUICK, "--runs", str(cwd / "runs"), *args])
     return out.getvalue()
 
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def states(grid: Path, runs: Path) -> dict[str, dict]:
