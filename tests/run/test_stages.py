@@ -528,10 +528,20 @@ def test_the_two_stage_grids_pair_every_second_stage_with_its_first_at_the_codes
     assert (run.optim.name, run.optim.lr, run.optim.batch_size, run.schedule.epochs) == ("adam", 1e-3, 1024, 400)
 
 
-def test_the_decoupled_grid_starts_from_the_paper_grids_ce_cells():
-    paper = load_grid(ROOT / "jobs" / "cifar_lt_paper.yaml")
-    decoupled = load_grid(ROOT / "jobs" / "cifar_lt_decoupled.yaml")
-    assert decoupled.name == paper.name  # the same runs/<grid>/ folder
-    ce_cells = {c.signature for c in paper.cells if c.config.loss.name == "ce"}
-    firsts = {signature(first_stage_config(c.config)) for c in decoupled.cells}
-    assert firsts == ce_cells and len(decoupled.cells) == 2 * len(ce_cells) == 8
+def test_the_decoupled_grid_runs_kangs_protocol_on_its_own_first_stages():
+    paper = load_grid(ROOT / "jobs" / "cifar_lt_paper.yaml", check=False)  # tests/config/test_signatures.py
+    cells = load_grid(ROOT / "jobs" / "cifar_lt_decoupled.yaml", check=False).cells  # validates them
+    firsts = {c.signature: c.config for c in cells if c.config.stage.kind == "train"}
+    seconds = [c.config for c in cells if c.config.stage.kind != "train"]
+    assert len(firsts) == 4 and len(seconds) == 8 and {signature(first_stage_config(c)) for c in seconds} == set(firsts)
+    for first in firsts.values():  # the paper grid's CE recipe, with a validation split
+        ce = next(c.config for c in paper.cells if c.config.loss.name == "ce"
+                  and c.config.data.dataset == first.data.dataset
+                  and c.config.data.imbalance_factor == first.data.imbalance_factor)
+        assert first == dataclasses.replace(ce, data=dataclasses.replace(ce.data, val="split"))
+    crt = next(c for c in seconds if c.stage.kind == "crt")
+    run = stage_config(crt)
+    assert (crt.stage.bn, crt.stage.from_epoch, crt.stage.sampler, run.optim.weight_decay, run.optim.lr,
+            run.schedule.epochs, run.schedule.decay) == ("train", "best", "auto", 5e-4, 0.05, 10, "cosine")
+    tau = next(c for c in seconds if c.stage.kind == "tau_norm")
+    assert (tau.stage.tau, tau.stage.from_epoch, tau.data.val) == ("search", "best", "split")
