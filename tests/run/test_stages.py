@@ -27,6 +27,7 @@ from harness.run.trainer import Trainer
 from harness.rundir import RunDir
 from harness.stages import first_stage_config, first_stage_dir, load_first_stage, stage_config, tau_normalise
 from harness.stages.diffusion import FeatureDiffusion
+from harness.sweep.preflight import first_stage_problem
 from support import ROOT, write_grid
 
 COUNTS = np.array([60, 20, 6, 2])
@@ -430,12 +431,14 @@ def test_from_epoch_best_loads_best_pt_and_refuses_a_stale_or_missing_one(kang):
     cfg = dataclasses.replace(cfg, stage=dataclasses.replace(cfg.stage, from_run="2222222222"))
     _, weights = load_first_stage(cfg, folder / "runs" / "g" / "x")
     assert torch.equal(weights["head.bias"], state["model"]["head.bias"])
+    assert first_stage_problem(cfg, first) is None  # the sweep's pre-flight lets it through
     first.save_best_checkpoint({**state, "epoch": state["epoch"] + 5})
     with pytest.raises(ConfigError, match="key 'stage.from_epoch': .* is epoch .* but its result's best epoch"):
         load_first_stage(cfg, folder / "runs" / "g" / "x")
     first.best_checkpoint.unlink()
     with pytest.raises(ConfigError, match="kept no ckpt/best.pt"):
         load_first_stage(cfg, folder / "runs" / "g" / "x")
+    assert "has no ckpt/best.pt (stage.from_epoch best)" in first_stage_problem(cfg, first)
     shutil.rmtree(copy)
 
 
