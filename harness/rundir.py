@@ -8,6 +8,8 @@
     progress.json  epochs done, top-1 so far               (after every epoch)
     ckpt/last.pt   the last checkpoint                     (every epoch, and on a stop)
     ckpt/prev.pt   the one before it                       (kept by every save; see save_checkpoint)
+    ckpt/best.pt   the model weights of the best epoch on the validation split, its epoch and
+                   val top-1 (data.val split or val only: a second stage with stage.from_epoch best)
     tb/            TensorBoard events; tb/hparams/ the run's HParams session
     result.json    the finished result                     (its presence means finished)
     ldmlr/         stage.kind ldmlr: the first stage's features, the feature generator's
@@ -41,7 +43,7 @@ class RunDir:
     """One run's folder. `RunDir(path)`; its name is the run's signature."""
 
     CONFIG, CELL, STATE, PROGRESS, RESULT = "config.yaml", "cell.json", "state.json", "progress.json", "result.json"
-    CHECKPOINT, PREVIOUS_CHECKPOINT = "ckpt/last.pt", "ckpt/prev.pt"
+    CHECKPOINT, PREVIOUS_CHECKPOINT, BEST_CHECKPOINT = "ckpt/last.pt", "ckpt/prev.pt", "ckpt/best.pt"
     TENSORBOARD, HPARAMS = "tb", "tb/hparams"
     FEATURES, GENERATOR, GENERATOR_LOSS, GENERATED = (
         "ldmlr/features.pt", "ldmlr/generator.pt", "ldmlr/generator_loss.json", "ldmlr/generated.pt")
@@ -69,6 +71,10 @@ class RunDir:
     @property
     def previous_checkpoint(self) -> Path:
         return self.path / self.PREVIOUS_CHECKPOINT
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.path / self.BEST_CHECKPOINT
 
     @property
     def tensorboard(self) -> Path:
@@ -162,6 +168,12 @@ class RunDir:
                         os.link(self.checkpoint, keep)
                     except OSError:  # a file system without hard links
                         shutil.copyfile(self.checkpoint, keep)
+
+    def save_best_checkpoint(self, state: dict) -> None:
+        """Write ckpt/best.pt: {"model": weights, "epoch": e, "val_top1": v} of a new best epoch."""
+        import torch
+        with atomic_path(self.best_checkpoint) as tmp:
+            torch.save(state, tmp)
 
     def load_checkpoint(self, map_location="cpu", path: str | Path | None = None) -> dict:
         """The last checkpoint (or the one at `path`), loaded without running any code from the

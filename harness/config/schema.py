@@ -190,11 +190,12 @@ class LdmlrConfig:
 
 STAGE_FIELDS = {
     "train": ("sampler",),
-    "crt": ("epochs", "lr", "sampler", "weight_decay", "batch_size", "loss"),
-    "linear": ("epochs", "lr", "sampler", "weight_decay", "batch_size", "loss"),
-    "tau_norm": ("tau",),
-    "maxnorm": ("epochs", "lr", "sampler", "weight_decay", "batch_size", "loss", "maxnorm_thresh", "maxnorm_every"),
-    "ldmlr": ("epochs", "lr", "sampler", "weight_decay", "batch_size", "loss", "ldmlr"),
+    "crt": ("epochs", "lr", "sampler", "weight_decay", "batch_size", "loss", "bn", "from_epoch"),
+    "linear": ("epochs", "lr", "sampler", "weight_decay", "batch_size", "loss", "from_epoch"),
+    "tau_norm": ("tau", "tau_grid", "from_epoch"),
+    "maxnorm": ("epochs", "lr", "sampler", "weight_decay", "batch_size", "loss", "maxnorm_thresh", "maxnorm_every",
+                "from_epoch"),
+    "ldmlr": ("epochs", "lr", "sampler", "weight_decay", "batch_size", "loss", "ldmlr", "from_epoch"),
 }
 """The StageConfig fields each kind uses, besides kind and from_run."""
 
@@ -209,10 +210,19 @@ STAGE_DEFAULTS = {
 """What an unset (None) field of a kind takes; crt and linear leave weight_decay, batch_size and
 loss unset, which means optim.weight_decay, optim.batch_size and ce."""
 
+TAU_GRID = [round(0.1 * i, 1) for i in range(21)]
+"""The τ candidates of Kang et al.'s τ-norm search: tau_norm.py sweeps np.linspace(0, 2, 21)."""
+
 
 @dataclass
 class StageConfig:
-    """Decoupled training (Kang et al., ICLR 2020): a second stage starts from a finished run."""
+    """Decoupled training (Kang et al., ICLR 2020): a second stage starts from a finished run.
+
+    The defaults keep what each kind always did here (cRT: BatchNorm frozen, the first stage's weight
+    decay and last epoch; τ-norm: τ = 1). Kang et al.'s code (facebookresearch/classifier-balancing)
+    runs cRT with BatchNorm in train mode, weight decay 5e-4 and the first stage's best-on-val epoch,
+    and picks τ on val: `bn: train, weight_decay: 5e-4, from_epoch: best, tau: search` with
+    `data.val: split`, which jobs/cifar_lt_decoupled.yaml sets."""
     kind: Literal["train", "crt", "tau_norm", "linear", "maxnorm", "ldmlr"] = "train"
     """train: a whole run. crt: a new linear classifier on the first stage's frozen features,
     class-balanced sampling; linear: the same, instance-balanced (SupCon's second stage);
@@ -229,18 +239,38 @@ class StageConfig:
     lr: float | None = None
     """Peak lr of the re-training; unset: 0.05 (Kang et al.'s 0.2 at batch 512, scaled to batch 128),
     0.01 for maxnorm, 1e-3 for ldmlr (their code). Cosine decay without warm-up; ldmlr's is constant."""
-    tau: float = 1.0
-    """tau_norm's exponent: 1 normalises every class weight to unit norm (Kang et al.)."""
+    tau: float | Literal["search"] = 1.0
+    """tau_norm's exponent: 1 normalises every class weight to unit norm; search: the τ of tau_grid with
+    the best balanced accuracy on the validation split (data.val split or val, never test), as Kang et al.
+    choose it (their tau_norm.py prints every τ's accuracy on val). result.json's tau_search holds the
+    chosen τ and each candidate's val accuracy. The default stays 1 so that existing cells keep their meaning."""
+    tau_grid: list = field(default_factory=lambda: list(TAU_GRID), metadata=SIGNATURE_IF_SET)
+    """tau_norm with tau search: the candidates, in order (a tie goes to the first); unset: 0, 0.1, ..., 2
+    (Kang et al.'s tau_norm.py)."""
     sampler: Literal["auto", "instance", "class", "sqrt"] = "auto"
     """Training sampler: class-balanced, square-root or instance-balanced; auto: class for crt, else instance."""
     weight_decay: float | None = field(default=None, metadata=SIGNATURE_IF_SET)
-    """Weight decay of the re-training; unset: optim.weight_decay (crt, linear), 0.1 (maxnorm), 1e-5 (ldmlr)."""
+    """Weight decay of the re-training; unset: optim.weight_decay (crt, linear), 0.1 (maxnorm), 1e-5 (ldmlr).
+    Kang et al.'s cRT configs use 5e-4 (ImageNet-LT, Places-LT) and 1e-4 (iNaturalist), each equal to their
+    first stage's: the default keeps that rule (and existing cells' meaning); jobs/cifar_lt_decoupled.yaml
+    sets their 5e-4."""
     batch_size: int | None = field(default=None, metadata=SIGNATURE_IF_SET)
     """Batch of the re-training; unset: optim.batch_size, 1024 for ldmlr (its code). Weight balancing's
     code uses 64."""
     loss: str | None = field(default=None, metadata=SIGNATURE_IF_SET)
     """Loss of the re-training, a registered name with a linear head; unset: ce, and cb_softmax_bce for
     maxnorm (weight balancing's code); cb_softmax is the class-balanced softmax cross-entropy."""
+    bn: Literal["frozen", "train"] = field(default="frozen", metadata=SIGNATURE_IF_SET)
+    """crt: the frozen backbone's BatchNorm. frozen: eval mode, the first stage's statistics (the default,
+    what cRT always did here: the features the classifier trains on are the ones it is tested on). train:
+    as Kang et al.'s run_networks.py runs cRT (every network in train() mode, the backbone's parameters
+    frozen): each batch is normalised with its own statistics, and the running statistics move (momentum
+    0.1) towards the class-balanced batches' and are what evaluation uses. Their weights never change."""
+    from_epoch: Literal["last", "best"] = field(default="last", metadata=SIGNATURE_IF_SET)
+    """The first stage's weights a second stage starts from: last (its final epoch, the default: what every
+    second stage did before) or best (its best epoch on the validation split, ckpt/best.pt, which a run keeps
+    when data.val is split or val), as Kang et al.'s code loads the first stage's state_dict_best for cRT and
+    τ-norm. best needs data.val split or val: a best epoch chosen on the test set is not kept."""
     maxnorm_thresh: float = field(default=0.1, metadata=SIGNATURE_IF_SET)
     """maxnorm: the radius of each class weight's ball, relative: min + thresh·(max - min) of the first
     stage's per-class norms, fixed before training (MaxNorm_via_PGD, thresh 0.1 in the code)."""
@@ -260,9 +290,11 @@ class StageConfig:
         for name, value in {**STAGE_DEFAULTS[""], **STAGE_DEFAULTS.get(self.kind, {})}.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        for name in ("lr", "weight_decay"):  # a grid's 1 is 1.0, as in every float field
-            if isinstance(getattr(self, name), int):
+        for name in ("lr", "weight_decay", "tau"):  # a grid's 1 is 1.0, as in every float field
+            if isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool):
                 setattr(self, name, float(getattr(self, name)))
+        if self.tau != "search":  # the candidates count only for a search
+            self.tau_grid = list(TAU_GRID)
 
 
 @dataclass

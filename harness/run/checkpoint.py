@@ -3,6 +3,7 @@ loaded back into any other.
 
     checkpoint = Checkpointer(run_dir, env, deepspeed)
     checkpoint.save(trainer)      # every rank calls it; rank 0 writes run_dir/ckpt/last.pt atomically
+    checkpoint.save(trainer, best=True)  # a new best epoch on the validation split: ckpt/best.pt first
     checkpoint.resume(trainer)    # every rank loads the file rank 0 found, if any
 
 The format is the trainer's own: full model weights and the torch optimizer's per-parameter
@@ -40,9 +41,14 @@ class Checkpointer:
                 "epoch_loss": dist.all_gather_object(t.epoch_loss),
                 "generators": dist.all_gather_object(t.gen.get_state()), "world_size": self.env.world_size}
 
-    def save(self, t) -> None:
+    def save(self, t, best: bool = False) -> None:
+        """ckpt/last.pt; with `best` (the epoch just finished is the best so far on the validation
+        split) ckpt/best.pt too, written first: a run killed between the two repeats the epoch."""
         state = self.state_dict(t)
         if self.env.is_main:
+            if best:
+                self.run_dir.save_best_checkpoint({"model": state["model"], "epoch": t.epoch,
+                                                   "val_top1": t.history[-1]["val_top1"]})
             self.run_dir.save_checkpoint(state)
         dist.barrier()
 

@@ -98,10 +98,12 @@ class Recorder:
 
 
 def result(run_dir: RunDir, run_config: RunConfig, data, history: list, last: dict, epochs: int,
-           world_size: int, wall_s: float) -> dict:
+           world_size: int, wall_s: float, tau_search: dict | None = None) -> dict:
     """result.json: the final and the best epoch's metrics, per-class accuracy, the history, and
     what the run was (config, code version, data). The best epoch is chosen on data.eval_split.
-    A multi-expert model's final metrics and history rows also hold each expert's ("experts")."""
+    A multi-expert model's final metrics and history rows also hold each expert's ("experts").
+    tau_search: tau_norm's τ chosen on the validation split, {"tau", "split", "val_top1": {τ: %}}
+    (harness.stages.stage_fit), else None."""
     select = "val_top1" if data.val is not None else "top1"
     best = max(history, key=lambda r: r[select], default={"epoch": 0, **last})  # 0 epochs: tau_norm
     return {
@@ -116,6 +118,7 @@ def result(run_dir: RunDir, run_config: RunConfig, data, history: list, last: di
         "class_counts": data.counts,
         "generated_counts": data.generated.counts if data.generated else None,
         "generated_features": data.generated_features,
+        "tau_search": tau_search,
         "train_images": int(len(data.indices)),
         "final": {k: last[k] for k in METRICS},
         "best": {"epoch": best["epoch"], **{k: best[k] for k in METRICS}},

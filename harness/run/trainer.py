@@ -1,6 +1,7 @@
 """The one trainer: every loss, model, augmentation and launcher is a part it is handed.
 
     Trainer(cfg, run_dir).train()  ->  run_dir/{config.yaml, tb/, ckpt/last.pt, progress.json, result.json}
+                                       (and ckpt/best.pt with a validation split)
 
 It does not care how it was launched: a single CPU process, a SLURM task or a torchrun rank.
 Only rank 0 writes (the Recorder). A checkpoint is written atomically at the end of every epoch
@@ -26,7 +27,7 @@ from harness.run.optim import build_optimizer, lr_factor, peak_lr
 from harness.run.record import Recorder
 from harness.run.wrap import Precision, choose_precision, uses_deepspeed, wrap
 from harness.rundir import RunDir
-from harness.stages import stage_config, stage_data, stage_hook, stage_model
+from harness.stages import stage_config, stage_data, stage_fit, stage_hook, stage_model
 
 
 class TrainingError(RuntimeError):
@@ -52,6 +53,7 @@ class Trainer:
     precision: Precision         # bf16 autocast, channels_last
     gen: torch.Generator         # this rank's augmentation stream
     after_step: Callable         # a second stage's hook after every step (maxnorm's projection), else nothing
+    tau_search: dict | None      # tau_norm with tau search: the τ chosen on the validation split (stage_fit)
     checkpoint: Checkpointer
     record: Recorder
     epoch: int                   # epochs finished
@@ -82,6 +84,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, cfg, self.env.world_size)
         self.steps_per_epoch = len(self.data.train)
         self.model, self.net = wrap(model, self.optimizer, cfg, self.env, self.steps_per_epoch * cfg.schedule.epochs)
+        self.tau_search = stage_fit(self.run_config, self.model, self.data.val, self.features)  # tau_norm's τ on val
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + self.env.rank)
         self.epoch, self.step_in_epoch, self.history, self.epoch_loss = 0, 0, [], (0.0, 0)
         self.stop_requested = False
@@ -177,6 +180,13 @@ class Trainer:
         with self.precision.autocast():
             return self.model(self.inputs(x))[0].float()
 
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's features of uint8 images in eval mode, on this rank alone (stage_fit)."""
+        self.model.eval()
+        with self.precision.autocast():
+            return self.model.backbone(self.inputs(x)).float()
+
     def stop_agreed(self) -> bool:
         """Whether any rank was asked to stop; all ranks agree, so they stop at the same step."""
         if not self.env.distributed:
@@ -192,18 +202,24 @@ class Trainer:
         row = {"epoch": self.epoch + 1, **stats, **{k: metrics[k] for k in METRICS}}
         if "experts" in metrics:  # a multi-expert model: each expert's top-1, many, medium, few
             row["experts"] = metrics["experts"]
-        if self.data.val is not None:  # model selection on a validation split
+        best = False
+        if self.data.val is not None:  # model selection on a validation split: its best epoch is kept
             row["val_top1"] = self.evaluate(self.data.val)["top1"]
+            best = row["val_top1"] > max((r["val_top1"] for r in self.history), default=-1.0)
         self.history.append(row)
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.record.epoch(row, metrics, self.history)
-        self.checkpoint.save(self)
+        self.checkpoint.save(self, best=best)
         return metrics
 
     def train(self) -> dict:
         epochs = self.cfg.schedule.epochs
         self.record.start(self.run_config, bool(self.epoch or self.step_in_epoch), self.epoch, self.device)
         t_start, metrics = time.time(), None
+        if self.tau_search:
+            chosen = self.tau_search["tau"]
+            self.record.log(f"tau search on the {self.tau_search['split']} split: tau {chosen:g} "
+                            f"(val top-1 {self.tau_search['val_top1'][format(chosen, 'g')]:.2f})")
         while self.epoch < epochs:
             metrics = self.run_epoch()
             if self.stop_agreed() and self.epoch < epochs:
@@ -218,7 +234,7 @@ class Trainer:
             metrics = self.evaluate()
         # a run killed between its last checkpoint and its result evaluates the saved model again
         result = record.result(self.run_dir, self.run_config, self.data, self.history, metrics or self.evaluate(),
-                               self.epoch, self.env.world_size, time.time() - t_start)
+                               self.epoch, self.env.world_size, time.time() - t_start, self.tau_search)
         self.record.finish(result)
         dist.barrier()
         return result

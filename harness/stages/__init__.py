@@ -1,7 +1,7 @@
 """Second stages: a run that starts from a finished run's model.
 
     stage: {kind: crt}          # cRT: a new linear classifier on frozen features, class-balanced
-    stage: {kind: tau_norm}     # τ-norm: the first stage's classifier with w_j / ||w_j||^τ
+    stage: {kind: tau_norm}     # τ-norm: the first stage's classifier with w_j / ||w_j||^τ (τ: 1, or search)
     stage: {kind: linear}       # SupCon's second stage: cRT with instance-balanced sampling
     stage: {kind: maxnorm}      # weight balancing: CB loss, weight decay 0.1, per-class MaxNorm
     stage: {kind: ldmlr}        # LDMLR: the classifier on real + diffusion-generated features
@@ -9,20 +9,25 @@
 A second stage is a cell like any other; its first stage is `stage.from_run` (a signature in
 the same grid folder, or a run folder) or, by default, the cell's own config with
 `stage.kind: train`, so a grid axis `stage.kind: [train, crt, ldmlr]` pairs every second stage
-with its first (harness.stages.decoupled). The one trainer asks this package for four things:
+with its first (harness.stages.decoupled). The one trainer asks this package for five things:
 
 - `stage_config(cfg)`: what the stage trains with: the stage's loss on a linear head for
   `stage.epochs` at `stage.lr` (cosine decay, no warm-up; ldmlr: Adam, constant), or nothing
   (tau_norm). The cell's own config is what the run folder stores.
-- `stage_model(cfg, run_dir, model)`: the model to start from. The first stage's backbone is
-  loaded and frozen (Frozen: eval mode, BatchNorm statistics stay); crt and linear train a new
-  head, maxnorm and ldmlr the first stage's head, and tau_norm sets the head to the first stage's
-  τ-normalised weights with no bias (as Kang et al.'s τ-norm code computes logits f·w̃ᵀ).
+- `stage_model(cfg, run_dir, model)`: the model to start from: the first stage's last epoch, or
+  its best on the validation split (stage.from_epoch best). The first stage's backbone is loaded
+  and frozen (Frozen: eval mode, BatchNorm statistics stay; crt with stage.bn train: train mode as
+  Kang et al.'s code, the statistics move); crt and linear train a new head, maxnorm and ldmlr the
+  first stage's head, and tau_norm sets the head to the first stage's τ-normalised weights with no
+  bias (as Kang et al.'s τ-norm code computes logits f·w̃ᵀ), or with tau search to its plain weights.
 - `stage_data(cfg, run_dir, data, model, env)`: the training batches. ldmlr's are features
   (harness.stages.ldmlr), which the frozen backbone passes through; evaluation stays on the
   test images, through backbone and head.
 - `stage_hook(cfg, model)`: what the trainer calls after every optimizer step, `hook(model,
   epoch_end)`: maxnorm's projection (harness.stages.maxnorm), else nothing.
+- `stage_fit(cfg, model, val, features)`: what a stage chooses on the validation split, once
+  the trainer is set up: tau_norm's τ with tau search (the head then holds that τ's weights), else
+  nothing; what it returns goes into result.json (tau_search).
 """
 from __future__ import annotations
 
@@ -42,16 +47,18 @@ from harness.stages.decoupled import (
     FROM_CLASSIFIER,
     Frozen,
     check_classifier,
+    choose_tau,
     first_stage_config,
     first_stage_dir,
     load_first_stage,
+    tau_hits,
     tau_normalise,
 )
 from harness.stages.ldmlr import feature_data
 from harness.stages.maxnorm import MaxNorm
 
 __all__ = ["Frozen", "check_stage", "first_stage_config", "first_stage_dir", "load_first_stage", "stage_config",
-           "stage_data", "stage_hook", "stage_model", "tau_normalise"]
+           "stage_data", "stage_fit", "stage_hook", "stage_model", "tau_normalise"]
 
 OPTIMIZER = {"ldmlr": "adam"}
 """A kind's optimizer, where it is not the first stage's (LDMLR fine_tune_tr.py: torch.optim.Adam)."""
@@ -86,9 +93,10 @@ def check_stage(cfg: RunConfig, where: str = "") -> None:
             raise ConfigError(f"{where}key 'stage.from_run' is only for second stages "
                               f"(stage.kind crt, tau_norm, linear, maxnorm, ldmlr); remove it or set stage.kind")
         return
-    if s.epochs < 1 or s.lr <= 0 or s.tau < 0:
+    if s.epochs < 1 or s.lr <= 0 or (s.tau != "search" and s.tau < 0):
         raise ConfigError(f"{where}key 'stage.epochs', 'stage.lr', 'stage.tau' must be >= 1, > 0, >= 0; "
                           f"got {s.epochs}, {s.lr}, {s.tau}")
+    check_validation(cfg, where)
     for key, value, ok in [("weight_decay", s.weight_decay, s.weight_decay is None or s.weight_decay >= 0),
                            ("batch_size", s.batch_size, s.batch_size is None or s.batch_size >= 1),
                            ("maxnorm_thresh", s.maxnorm_thresh, s.maxnorm_thresh >= 0)]:
@@ -101,6 +109,19 @@ def check_stage(cfg: RunConfig, where: str = "") -> None:
                           f"deepspeed's sharded copies would undo; use ddp")
     if s.kind in FROM_CLASSIFIER and not s.from_run:
         check_classifier(cfg, f"{where}key 'stage.kind': ", s.kind)
+
+
+def check_validation(cfg: RunConfig, where: str) -> None:
+    """tau search and from_epoch best choose on the validation split, which must not be the test set."""
+    s = cfg.stage
+    if s.tau == "search":
+        grid = s.tau_grid
+        if not grid or any(isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0 for t in grid):
+            raise ConfigError(f"{where}key 'stage.tau_grid' must be a non-empty list of numbers >= 0, got {grid!r}")
+    for key, value, wanted in (("tau", s.tau, "search"), ("from_epoch", s.from_epoch, "best")):
+        if value == wanted and cfg.data.val == "test":
+            raise ConfigError(f"{where}key 'stage.{key}': {wanted} chooses on the validation split, and with "
+                              f"data.val test that is the test set; set data.val split (or val)")
 
 
 def check_loss(name: str, prefix: str) -> None:
@@ -122,12 +143,13 @@ def stage_model(cfg: RunConfig, run_dir: str | Path, model: nn.Module) -> nn.Mod
     _, weights = load_first_stage(cfg, run_dir)
     backbone = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
     model.backbone.load_state_dict(backbone)
-    if s.kind == "tau_norm":
+    if s.kind == "tau_norm":  # with tau search, stage_fit sets the chosen τ's weights
         with torch.no_grad():
-            model.head.weight.copy_(tau_normalise(weights["head.weight"], s.tau))
+            w = weights["head.weight"]
+            model.head.weight.copy_(w if s.tau == "search" else tau_normalise(w, s.tau))
             model.head.bias.zero_()
         return model
-    model.backbone = Frozen(model.backbone)
+    model.backbone = Frozen(model.backbone, bn_train=s.bn == "train")
     if s.kind in FROM_CLASSIFIER:  # maxnorm and ldmlr fine-tune the first stage's classifier
         model.head.load_state_dict({"weight": weights["head.weight"], "bias": weights["head.bias"]})
     return model
@@ -139,6 +161,29 @@ def stage_data(cfg: RunConfig, run_dir: RunDir, data: Data, model: nn.Module, en
     if cfg.stage.kind != "ldmlr":
         return data
     return feature_data(cfg, run_dir, data, model.backbone, env, stage_config(cfg).optim.batch_size)
+
+
+@torch.no_grad()
+def stage_fit(cfg: RunConfig, model: nn.Module, val, features: Callable[[torch.Tensor], torch.Tensor]) -> dict | None:
+    """tau_norm with tau search: each τ of stage.tau_grid is tried on the validation split `val`
+    (this rank's share of it; the counts are summed over the ranks), the head is set to the best
+    one's weights and {"tau", "split", "val_top1": {τ: %}} returned for result.json; else None.
+    `features(x)`: the backbone's features of uint8 images, in eval mode (as Kang et al. extract
+    them for tau_norm.py). `model.head` holds the first stage's plain weights (stage_model)."""
+    s = cfg.stage
+    if s.kind != "tau_norm" or s.tau != "search":
+        return None
+    weight, c = model.head.weight.detach().clone(), model.head.weight.shape[0]
+    taus = [float(t) for t in s.tau_grid]
+    hits = torch.zeros(len(taus), c, dtype=torch.float64, device=weight.device)
+    totals = torch.zeros(c, dtype=torch.float64, device=weight.device)
+    for x, y in val:
+        hits += tau_hits(features(x).float(), y, weight.float(), taus, c)
+        totals += torch.bincount(y, minlength=c).double()
+    hits, totals = dist.all_reduce_sum(hits), dist.all_reduce_sum(totals)
+    tau, accs = choose_tau(taus, hits, totals)
+    model.head.weight.copy_(tau_normalise(weight, tau))
+    return {"tau": tau, "split": cfg.data.val, "val_top1": {f"{t:g}": round(a, 4) for t, a in zip(taus, accs)}}
 
 
 def no_hook(model: nn.Module, epoch_end: bool) -> None:

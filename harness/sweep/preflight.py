@@ -171,4 +171,7 @@ def first_stage_problem(cfg, first: RunDir, action=None) -> str | None:
         return str(e)
     if not first.has_checkpoint():
         return f"first-stage run {first.path} has no {first.CHECKPOINT}; train it again"
+    if cfg.stage.from_epoch == "best" and not first.best_checkpoint.is_file():
+        return (f"first-stage run {first.path} has no {first.BEST_CHECKPOINT} (stage.from_epoch best); train it "
+                f"again or set stage.from_epoch last")
     return None

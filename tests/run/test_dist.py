@@ -297,6 +297,27 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank(run, request, tmp_path):
     assert (folder / "result.json").is_file()
 
 
+@pytest.mark.slow
+def test_the_tau_search_over_two_ranks_chooses_as_one_rank(tmp_path, tiny_card, data_root):
+    """τ-norm's search on a validation split shared out over 2 ranks: the per-class counts summed
+    over the ranks give every candidate's accuracy, the chosen τ and the test result of one rank."""
+    from harness.models import build_model
+    first_cfg = cell_config(tiny_card, data_root, data={"val": "split"})
+    first = RunDir(tmp_path / "first")  # a finished first stage: a fresh ResNet-8 as its best epoch
+    first.write_config(first_cfg)
+    torch.manual_seed(0)
+    first.save_best_checkpoint({"model": build_model("resnet8", 10, "linear").state_dict(), "epoch": 1,
+                                "val_top1": 0.0})
+    first.write_result({"best": {"epoch": 1}})
+    stage = {"kind": "tau_norm", "tau": "search", "from_epoch": "best", "from_run": str(first.path)}
+    cfg = dataclasses.replace(first_cfg, stage=from_dict(RunConfig, {"stage": stage}).stage)
+    one = Trainer(cfg, make_cell(tmp_path / "one", cfg)).train()
+    assert_ok(launch_ranks(2, "job", make_cell(tmp_path / "two", cfg), log_dir=tmp_path))
+    two = RunDir(tmp_path / "two").read_result()
+    assert two["world_size"] == 2 and two["tau_search"] == one["tau_search"] and two["final"] == one["final"]
+    assert len(set(one["tau_search"]["val_top1"].values())) > 1  # the candidates differ: a real choice
+
+
 # --- failures and SLURM -------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -25,8 +25,9 @@ from harness.registry import ConfigError
 from harness.run.optim import lr_factor
 from harness.run.trainer import Trainer
 from harness.rundir import RunDir
-from harness.stages import first_stage_config, first_stage_dir, stage_config, tau_normalise
+from harness.stages import first_stage_config, first_stage_dir, load_first_stage, stage_config, tau_normalise
 from harness.stages.diffusion import FeatureDiffusion
+from harness.sweep.preflight import first_stage_problem
 from support import ROOT, write_grid
 
 COUNTS = np.array([60, 20, 6, 2])
@@ -312,6 +313,135 @@ def test_a_second_stage_by_signature_or_path_and_its_errors(decoupled):
         Trainer(other, folder / "runs" / "g" / "x")
 
 
+# ---------------------------------------------------------------------------------------
+# Kang et al.'s protocol: a validation split, cRT with BatchNorm in train mode from the best epoch,
+# τ-norm with τ chosen on val
+
+KANG = ("  data.val: [split]\n  stage.epochs: [1]\n  stage.tau: [search]\n  stage.bn: [train]\n"
+        "  stage.from_epoch: [best]\n  stage.weight_decay: [5.0e-4]\n  log.images: [false]\n  dist.precision: [fp32]\n")
+
+
+@pytest.fixture(scope="module")
+def kang(tmp_path_factory, tiny_card):
+    """A 2-epoch first stage with a validation split, then a 1-epoch cRT and a τ-norm with τ search."""
+    folder = tmp_path_factory.mktemp("kang")
+    grid = write_grid(folder, tiny_card, folder / "data", grid="stage.kind: [train, crt, tau_norm]", extra=KANG)
+    assert main_sweep([str(grid), "--cluster", "debug", "--runs", str(folder / "runs")]) == 0
+    runs = {RunDir(p).read_config().stage.kind: p for p in (folder / "runs" / "g").glob("[0-9a-f]*")}
+    return folder, runs
+
+
+def test_a_run_with_a_validation_split_keeps_its_best_epoch(kang):
+    _, runs = kang
+    first = RunDir(runs["train"])
+    best, res = first.load_checkpoint(path=first.best_checkpoint), result(runs["train"])
+    history = res["history"]
+    assert best["epoch"] == res["best"]["epoch"] == 1 + max(range(len(history)), key=lambda i: history[i]["val_top1"])
+    assert best["val_top1"] == history[best["epoch"] - 1]["val_top1"]
+    if best["epoch"] == len(history):  # the last epoch was the best: the same weights as last.pt
+        assert all(torch.equal(v, load(runs["train"])["model"][k]) for k, v in best["model"].items())
+
+
+def test_the_best_checkpoint_is_written_at_each_new_best_val_epoch_the_first_of_equals():
+    """Trainer.run_epoch on stubs: ckpt/best.pt is written exactly at the epochs that the result's
+    best (the first epoch with the highest val top-1) can be at that point."""
+    val_top1 = iter([10.0, 30.0, 20.0, 30.0, 40.0])
+    saved = []
+
+    class Stub:
+        run_epoch = Trainer.run_epoch
+        data = type("D", (), {"val": "val loader"})()
+        history, epoch, step_in_epoch = [], 0, 0
+        record = type("R", (), {"epoch": lambda *a: None})()
+        checkpoint = type("C", (), {"save": lambda self, t, best=False: saved.append(best)})()
+
+        def train_epoch(self):
+            return {"loss": 1.0}
+
+        def evaluate(self, loader=None):
+            top1 = next(val_top1) if loader else 50.0
+            return {"top1": top1, "many": None, "medium": None, "few": None}
+
+    stub = Stub()
+    for _ in range(5):
+        stub.run_epoch()
+    assert saved == [True, True, False, False, True]
+    assert max(stub.history, key=lambda r: r["val_top1"])["epoch"] == 5
+
+
+def test_tau_norm_chooses_tau_on_the_validation_split(kang, tiny_card):
+    folder, runs = kang
+    res = result(runs["tau_norm"])
+    found = res["tau_search"]
+    assert found["split"] == "split" and list(found["val_top1"]) == [f"{t / 10:g}" for t in range(21)]
+    assert found["val_top1"][f"{found['tau']:g}"] == max(found["val_top1"].values())
+    # recomputed from the first stage's best epoch, on the validation images (not the test images)
+    cfg = RunDir(runs["tau_norm"]).read_config()
+    data = build_data(cfg, torch.device("cpu"))
+    model = build_model("resnet8", 10, "linear").eval()
+    first = RunDir(runs["train"])
+    model.load_state_dict(first.load_checkpoint(path=first.best_checkpoint)["model"])
+    card = load_card(str(tiny_card))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) * 255 for v in (card.mean, card.std))
+    w = model.head.weight.detach().double()
+
+    def accuracy(images, labels, taus):
+        with torch.no_grad():
+            f = model.backbone((images.float() - mean) / std).double()
+        accs = []
+        for tau in taus:
+            pred = (f @ (w / w.norm(dim=1, keepdim=True) ** tau).T).argmax(1)
+            accs.append(100 * sum((pred[labels == c] == c).double().mean().item() for c in range(10)) / 10)
+        return accs
+
+    val_x, val_y = data.val.images, data.val.labels
+    assert len(val_y) == 60 and torch.bincount(val_y).tolist() == [6] * 10  # 10 % of each class, balanced
+    taus = [float(t) for t in found["val_top1"]]
+    assert list(found["val_top1"].values()) == pytest.approx(accuracy(val_x, val_y, taus), abs=1e-3)
+    test_x, test_y = Beton(folder / "data" / "tiny" / "test.beton").read()
+    assert res["final"]["top1"] == pytest.approx(accuracy(test_x, test_y, [found["tau"]])[0], abs=1e-3)
+
+
+def test_crt_starts_from_the_best_epoch_and_moves_the_bn_statistics(kang):
+    _, runs = kang
+    first = RunDir(runs["train"])
+    best, crt = first.load_checkpoint(path=first.best_checkpoint)["model"], load(runs["crt"])["model"]
+    cfg = RunDir(runs["crt"]).read_config()
+    assert stage_config(cfg).optim.weight_decay == 5e-4 and result(runs["crt"])["tau_search"] is None
+    moved = []
+    for key, value in best.items():
+        if key.startswith("backbone."):
+            mine = crt[key.replace("backbone.", "backbone.module.", 1)]
+            if "running_" in key or "num_batches" in key:
+                moved.append(not torch.equal(mine, value))
+            else:
+                assert torch.equal(mine, value), key  # the weights are the best epoch's, unchanged
+    assert moved and all(moved)  # BatchNorm in train mode: every statistic moved with the cRT batches
+
+
+def test_from_epoch_best_loads_best_pt_and_refuses_a_stale_or_missing_one(kang):
+    folder, runs = kang
+    copy = folder / "runs" / "g" / "2222222222"
+    shutil.copytree(runs["train"], copy)
+    first = RunDir(copy)
+    state = first.load_checkpoint(path=first.best_checkpoint)
+    state["model"]["head.bias"] += 1
+    first.save_best_checkpoint(state)
+    cfg = RunDir(runs["crt"]).read_config()
+    cfg = dataclasses.replace(cfg, stage=dataclasses.replace(cfg.stage, from_run="2222222222"))
+    _, weights = load_first_stage(cfg, folder / "runs" / "g" / "x")
+    assert torch.equal(weights["head.bias"], state["model"]["head.bias"])
+    assert first_stage_problem(cfg, first) is None  # the sweep's pre-flight lets it through
+    first.save_best_checkpoint({**state, "epoch": state["epoch"] + 5})
+    with pytest.raises(ConfigError, match="key 'stage.from_epoch': .* is epoch .* but its result's best epoch"):
+        load_first_stage(cfg, folder / "runs" / "g" / "x")
+    first.best_checkpoint.unlink()
+    with pytest.raises(ConfigError, match="kept no ckpt/best.pt"):
+        load_first_stage(cfg, folder / "runs" / "g" / "x")
+    assert "has no ckpt/best.pt (stage.from_epoch best)" in first_stage_problem(cfg, first)
+    shutil.rmtree(copy)
+
+
 @pytest.mark.slow
 def test_supcon_two_stage_recipe_trains_a_linear_classifier_on_frozen_features(tmp_path, tiny_card):
     grid = write_grid(tmp_path, tiny_card, tmp_path / "data", grid="stage.kind: [train, linear]",
@@ -401,10 +531,20 @@ def test_the_two_stage_grids_pair_every_second_stage_with_its_first_at_the_codes
     assert (run.optim.name, run.optim.lr, run.optim.batch_size, run.schedule.epochs) == ("adam", 1e-3, 1024, 400)
 
 
-def test_the_decoupled_grid_starts_from_the_paper_grids_ce_cells():
-    paper = load_grid(ROOT / "jobs" / "cifar_lt_paper.yaml")
-    decoupled = load_grid(ROOT / "jobs" / "cifar_lt_decoupled.yaml")
-    assert decoupled.name == paper.name  # the same runs/<grid>/ folder
-    ce_cells = {c.signature for c in paper.cells if c.config.loss.name == "ce"}
-    firsts = {signature(first_stage_config(c.config)) for c in decoupled.cells}
-    assert firsts == ce_cells and len(decoupled.cells) == 2 * len(ce_cells) == 8
+def test_the_decoupled_grid_runs_kangs_protocol_on_its_own_first_stages():
+    paper = load_grid(ROOT / "jobs" / "cifar_lt_paper.yaml", check=False)  # tests/config/test_signatures.py
+    cells = load_grid(ROOT / "jobs" / "cifar_lt_decoupled.yaml", check=False).cells  # validates them
+    firsts = {c.signature: c.config for c in cells if c.config.stage.kind == "train"}
+    seconds = [c.config for c in cells if c.config.stage.kind != "train"]
+    assert len(firsts) == 4 and len(seconds) == 8 and {signature(first_stage_config(c)) for c in seconds} == set(firsts)
+    for first in firsts.values():  # the paper grid's CE recipe, with a validation split
+        ce = next(c.config for c in paper.cells if c.config.loss.name == "ce"
+                  and c.config.data.dataset == first.data.dataset
+                  and c.config.data.imbalance_factor == first.data.imbalance_factor)
+        assert first == dataclasses.replace(ce, data=dataclasses.replace(ce.data, val="split"))
+    crt = next(c for c in seconds if c.stage.kind == "crt")
+    run = stage_config(crt)
+    assert (crt.stage.bn, crt.stage.from_epoch, crt.stage.sampler, run.optim.weight_decay, run.optim.lr,
+            run.schedule.epochs, run.schedule.decay) == ("train", "best", "auto", 5e-4, 0.05, 10, "cosine")
+    tau = next(c for c in seconds if c.stage.kind == "tau_norm")
+    assert (tau.stage.tau, tau.stage.from_epoch, tau.data.val) == ("search", "best", "split")
