@@ -3,9 +3,10 @@
     optimizer = build_optimizer(model, cfg, world_size)   # SGD with momentum (or Adam), weight decay
     lr = peak_lr(cfg, world_size) * lr_factor(cfg, epoch + i / steps_per_epoch)
 
-The schedule is the LDAM-DRW one by default: linear warm-up over `warmup_epochs`, then step
-decay (×gamma at each milestone) or cosine decay to 0; it is evaluated at fractional epochs,
-so the lr changes every step.
+The schedule is the LDAM-DRW one by default: warm-up over `warmup_epochs` that raises the lr once
+per epoch, lr·1/W, lr·2/W, ..., lr (kaidic/LDAM-DRW cifar_train.py `adjust_learning_rate`), then
+step decay (×gamma at each milestone) or cosine decay to 0. It is evaluated at fractional epochs,
+at every step: the step and cosine decays change within an epoch, the warm-up does not.
 """
 from __future__ import annotations
 
@@ -33,10 +34,11 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig, world_size: int) -> 
 
 
 def lr_factor(cfg: RunConfig, t: float) -> float:
-    """The lr multiplier at fractional epoch t: linear warm-up, then step or cosine decay."""
+    """The lr multiplier at fractional epoch t (0-based): (⌊t⌋ + 1) / W during the W warm-up epochs,
+    as LDAM-DRW's `lr = args.lr * epoch / 5` for the 1-based epochs 1..5; then step or cosine decay."""
     s = cfg.schedule
     if t < s.warmup_epochs:
-        return (t + 1e-8) / s.warmup_epochs if s.warmup_epochs else 1.0
+        return (math.floor(t) + 1) / s.warmup_epochs
     if s.decay == "cosine":
         span = max(s.epochs - s.warmup_epochs, 1e-8)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - s.warmup_epochs) / span)))

@@ -343,7 +343,7 @@ def test_the_paper_grid_expresses_the_ldam_drw_protocol():
     cfg = cells[0].config
     assert (cfg.model.name, cfg.schedule.epochs, cfg.optim.lr, cfg.optim.batch_size, cfg.optim.weight_decay,
             cfg.optim.momentum) == ("resnet32", 200, 0.1, 128, 2e-4, 0.9)
-    assert lr_factor(cfg, 2.5) == pytest.approx(0.5, rel=1e-6)  # linear warm-up over 5 epochs
+    assert [lr_factor(cfg, t) for t in (0, 0.9, 2.5, 4.9)] == pytest.approx([0.2, 0.2, 0.6, 1])  # lr·e/5, e = 1..5
     assert [lr_factor(cfg, t) for t in (5, 159.9, 160, 179.9, 180, 199.9)] == pytest.approx(
         [1, 1, 0.01, 0.01, 1e-4, 1e-4])
     ldam = next(c.config for c in cells if c.config.loss.name == "ldam_drw")
