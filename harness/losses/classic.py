@@ -1,4 +1,8 @@
-"""Cross-entropy, focal loss, and the class-balanced (effective number) losses."""
+"""Cross-entropy, focal loss, and the class-balanced (effective number) losses.
+
+The sigmoid losses (`cb_sigmoid`, `cb_focal`) set `Loss.sigmoid`: their linear head's bias starts at
+-log(C - 1) and gets no weight decay, as in Cui et al.'s code.
+"""
 from __future__ import annotations
 
 import torch
@@ -105,6 +109,8 @@ class ClassBalancedSoftmaxBCE(_ClassBalanced):
 class ClassBalancedSigmoid(_ClassBalanced):
     """Class-balanced sigmoid cross-entropy, summed over classes (Cui et al., CVPR 2019)."""
 
+    sigmoid = True
+
     def __init__(self, class_counts, beta: float = CB_BETA):
         super().__init__(class_counts, beta)
 
@@ -115,6 +121,8 @@ class ClassBalancedSigmoid(_ClassBalanced):
 @LOSSES.register("cb_focal")
 class ClassBalancedFocal(_ClassBalanced):
     """Class-balanced sigmoid focal loss (Cui et al., CVPR 2019, eq. 6)."""
+
+    sigmoid = True
 
     def __init__(self, class_counts, beta: float = CB_BETA, gamma: float = CB_FOCAL_GAMMA):
         super().__init__(class_counts, beta)

@@ -51,12 +51,17 @@ from harness.stages.ldmlr import feature_data
 from harness.stages.maxnorm import MaxNorm
 
 __all__ = ["Frozen", "check_stage", "first_stage_config", "first_stage_dir", "load_first_stage", "stage_config",
-           "stage_data", "stage_hook", "stage_model", "tau_normalise"]
+           "stage_data", "stage_head", "stage_hook", "stage_model", "tau_normalise"]
 
 OPTIMIZER = {"ldmlr": "adam"}
 """A kind's optimizer, where it is not the first stage's (LDMLR fine_tune_tr.py: torch.optim.Adam)."""
 DECAY = {"ldmlr": "constant"}
 """A kind's lr schedule, where it is not cosine (LDMLR's classifier has no scheduler)."""
+NEW_HEAD_INIT = "torch"
+"""A second stage's new classifier is a plain nn.Linear with its default init: Kang et al.'s cRT
+(facebookresearch/classifier-balancing models/DotProductClassifier.py) and SupCon's linear stage
+(HobbitLong/SupContrast networks/resnet_big.py, LinearClassifier). maxnorm, ldmlr and tau_norm
+start from the first stage's classifier instead (stage_model)."""
 
 
 def stage_config(cfg: RunConfig) -> RunConfig:
@@ -73,6 +78,12 @@ def stage_config(cfg: RunConfig) -> RunConfig:
         cfg, loss=LossConfig(name=s.loss or "ce"), model=dataclasses.replace(cfg.model, head="linear"), optim=optim,
         schedule=ScheduleConfig(epochs=0 if s.kind == "tau_norm" else s.epochs, warmup_epochs=0,
                                 decay=DECAY.get(s.kind, "cosine")))
+
+
+def stage_head(cfg: RunConfig, options: dict) -> dict:
+    """The model options (harness.models.loss_options of the stage's loss) a run builds its model
+    with: a second stage's head starts as NEW_HEAD_INIT says."""
+    return options if cfg.stage.kind == "train" else {**options, "head_init": NEW_HEAD_INIT}
 
 
 def check_stage(cfg: RunConfig, where: str = "") -> None:
