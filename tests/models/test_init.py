@@ -21,7 +21,7 @@ from harness.models import CosineHead, build_model, init_linear, loss_options, p
 from harness.registry import ConfigError
 from harness.stages import stage_head
 
-SIGMOID_LOSSES = ("cb_sigmoid", "cb_focal")
+SIGMOID_LOSSES = ("sigmoid_focal", "cb_sigmoid", "cb_focal", "sigmoid_focal_drw")
 
 
 def model_for(loss: str, classes: int = 10, name: str = "resnet8"):

@@ -53,7 +53,7 @@ def model_and_optimizer(loss: str, weight_decay: float = 0.1):
     return model, build_optimizer(model, cfg, world_size=1)
 
 
-@pytest.mark.parametrize("loss", ["cb_sigmoid", "cb_focal"])
+@pytest.mark.parametrize("loss", ["cb_sigmoid", "cb_focal", "sigmoid_focal"])
 def test_a_sigmoid_losss_bias_is_not_decayed(loss):
     model, optimizer = model_and_optimizer(loss)
     groups = optimizer.param_groups
