@@ -108,7 +108,8 @@ class ScheduleConfig:
     epochs: int = 200
     """Training epochs."""
     warmup_epochs: int = 5
-    """Linear warm-up from lr/warmup_epochs to lr."""
+    """Warm-up over the first W epochs: epoch e (0-based) runs at lr·(e + 1)/W, raised once per epoch
+    (lr/W, 2·lr/W, ..., lr), as LDAM-DRW's cifar_train.py `adjust_learning_rate`; 0: none."""
     decay: Literal["step", "cosine", "constant"] = "step"
     """Decay after warm-up."""
     milestones: list = field(default_factory=lambda: [0.8, 0.9])

@@ -34,7 +34,7 @@ from harness.data.cards import Card, load_card
 from harness.data.conversion import data_dir, read_manifest
 from harness.data.imbalance import PROFILES, long_tail
 from harness.losses import LOSSES
-from harness.models import build_model, check_head, check_model, resolve_head
+from harness.models import build_model, check_head, check_model, loss_options, resolve_head
 from harness.registry import ConfigError
 from harness.stages import check_stage, stage_config
 
@@ -161,15 +161,16 @@ class Validator:
         loss = LOSSES.get(cfg.loss.name)
         head = resolve_head(cfg.model.head, loss)
         name, params, c, r = cfg.model.name, cfg.model.params, card.num_classes, card.resolution
+        options = loss_options(loss)
 
         @torch.no_grad()
         def build(params=params):
             torch.manual_seed(0)
-            model = build_model(name, c, head, params or None, loss.projection)
+            model = build_model(name, c, head, params or None, **options)
             logits, features = model.eval()(torch.rand(BATCH, 3, r, r))
             return logits.float(), features.float()
 
-        cache_key = ("model", name, head, dumps(params), c, r, loss.projection)
+        cache_key = ("model", name, head, dumps(params), c, r, *options.values())
         return cache_key, self.once(cache_key, build, "model.name", name, dotted("model.params", params),
                                     lambda k, v: build({last(k): v}))
 

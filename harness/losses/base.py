@@ -12,6 +12,9 @@ The interface (`Loss`):
   projection head's output where the model has one) and, in joint mode, a linear head.
   "experts": a multi-expert model (harness.models.ExpertResNet) whose logits are [B, K, C],
   each expert's cos θ already scaled by the model's s, and features [B, K, D] (ride, sade).
+- `head_init`, `sigmoid`: how the linear head starts ("kaiming" or nn.Linear's default "torch";
+  a sigmoid loss's bias at the prior -log(C - 1), kept out of weight decay): the model builder and
+  the optimizer builder read them (harness.models.build_model, harness.run.optim).
 - `forward(logits, target, features=None)`: a scalar, the mean over the batch.
 - `set_epoch(epoch, epochs)`: called at the start of every epoch (0-based).
 - `adjust_logits(logits)`: the scores to predict with at evaluation.
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from harness.registry import ConfigError, Registry
 
 Head = Literal["linear", "cosine", "projection", "experts"]
+HeadInit = Literal["kaiming", "torch"]
 
 LOSSES: Registry[type["Loss"]] = Registry("loss")
 
@@ -47,6 +51,15 @@ class Loss(nn.Module):
     projection: ClassVar[tuple[int, int]] = (1, 128)
     """With the projection head: (hidden Linear-ReLU layers, output size) of the projection MLP
     (SupCon's: one hidden layer, 128; harness.models.heads.ProjectionHead)."""
+    head_init: ClassVar[HeadInit] = "kaiming"
+    """How the linear classifier's weight starts (harness.models.heads.init_linear): "kaiming",
+    kaiming_normal_ as LDAM-DRW's `_weights_init` initialises every nn.Linear of its ResNet-32
+    (kaidic/LDAM-DRW models/resnet_cifar.py); "torch", nn.Linear's own default, for a loss whose
+    authors' classifier is a plain nn.Linear outside such a model (GPaCo's, SupContrast's)."""
+    sigmoid: ClassVar[bool] = False
+    """One sigmoid per class (Cui et al. 2019): the linear head's bias starts at -log(C - 1), the
+    class prior π = 1/C, and gets no weight decay (richardaecn/class-balanced-loss src/model_base.py
+    `_fully_connected`, src/cifar_main.py `_tower_fn`)."""
 
     def __init__(self, class_counts: torch.Tensor):
         super().__init__()

@@ -1,4 +1,15 @@
-"""Cross-entropy, focal loss, and the class-balanced (effective number) losses."""
+"""Cross-entropy, the focal losses, and the class-balanced (effective number) losses.
+
+Two focal losses, as two papers ran them:
+- `focal`: softmax focal loss, -(1 - p_y)^γ log p_y with p = softmax(z): the Focal baseline of the
+  LDAM-DRW code (kaidic/LDAM-DRW losses.py `FocalLoss`, run there with γ = 1).
+- `sigmoid_focal`: Cui et al.'s sigmoid focal loss, Σ_j (1 - p^t_j)^γ BCE_j, one sigmoid per class,
+  γ = 1: the "Focal" row of Cui et al. 2019 Table 2, which Cao et al. 2019 repeat in theirs. It is
+  `cb_focal` with β = 0.
+
+The sigmoid losses (`sigmoid_focal`, `cb_sigmoid`, `cb_focal`) set `Loss.sigmoid`: their linear
+head's bias starts at -log(C - 1) and gets no weight decay, as in Cui et al.'s code.
+"""
 from __future__ import annotations
 
 import torch
@@ -16,6 +27,9 @@ CB_BETA = 0.9999
 CB_FOCAL_GAMMA = 1.0
 """Cui et al. 2019: γ of their CIFAR-LT focal runs (cifar_im_trainval_cb.sh); the paper
 searches γ ∈ {0.5, 1, 2}."""
+SIGMOID_FOCAL_GAMMA = 1.0
+"""Cui et al. 2019: γ of their focal baseline without class balance (cifar_im_trainval.sh:
+LOSS_TYPE=focal, GAMMA=1.0, BETA=0)."""
 
 
 @LOSSES.register("ce")
@@ -28,7 +42,9 @@ class CrossEntropy(Loss):
 
 @LOSSES.register("focal")
 class Focal(Loss):
-    """Softmax focal loss -(1 - p_t)^γ log p_t (Lin et al., ICCV 2017), no α term."""
+    """Softmax focal loss -(1 - p_t)^γ log p_t (Lin et al., ICCV 2017), no α term: LDAM-DRW's
+    `FocalLoss` (kaidic/LDAM-DRW losses.py). γ defaults to Lin et al.'s 2; the LDAM-DRW code runs 1.
+    The published CIFAR-LT "Focal" numbers are the sigmoid focal loss: `sigmoid_focal`."""
 
     def __init__(self, class_counts, gamma: float = FOCAL_GAMMA):
         super().__init__(class_counts)
@@ -50,6 +66,25 @@ def sigmoid_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> t
         # (1 - p^t)^γ written as exp(-γ·(y·z + log(1 + e^-z))), stable for large |z| (Cui et al. code)
         bce = bce * torch.exp(-gamma * (labels * logits + F.softplus(-logits)))
     return bce.sum(dim=1)
+
+
+@LOSSES.register("sigmoid_focal")
+class SigmoidFocal(Loss):
+    """Sigmoid focal loss without class balance (Cui et al., CVPR 2019, eq. 6 with β = 0): the
+    "Focal" baseline of their Table 2 (richardaecn/class-balanced-loss src/cifar_main.py
+    `focal_loss`, run by cifar_im_trainval.sh with β = 0, γ = 1). Summed over the classes, averaged
+    over the batch (their code divides by the number of positive labels, one per image). γ = 0 is
+    the plain sigmoid cross-entropy (their "Sigmoid" row)."""
+
+    sigmoid = True
+
+    def __init__(self, class_counts, gamma: float = SIGMOID_FOCAL_GAMMA):
+        super().__init__(class_counts)
+        require(gamma >= 0, f"sigmoid_focal gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+
+    def per_sample(self, logits, target, features=None):
+        return sigmoid_focal(logits, target, self.gamma)
 
 
 class _ClassBalanced(Loss):
@@ -105,6 +140,8 @@ class ClassBalancedSoftmaxBCE(_ClassBalanced):
 class ClassBalancedSigmoid(_ClassBalanced):
     """Class-balanced sigmoid cross-entropy, summed over classes (Cui et al., CVPR 2019)."""
 
+    sigmoid = True
+
     def __init__(self, class_counts, beta: float = CB_BETA):
         super().__init__(class_counts, beta)
 
@@ -115,6 +152,8 @@ class ClassBalancedSigmoid(_ClassBalanced):
 @LOSSES.register("cb_focal")
 class ClassBalancedFocal(_ClassBalanced):
     """Class-balanced sigmoid focal loss (Cui et al., CVPR 2019, eq. 6)."""
+
+    sigmoid = True
 
     def __init__(self, class_counts, beta: float = CB_BETA, gamma: float = CB_FOCAL_GAMMA):
         super().__init__(class_counts, beta)

@@ -23,6 +23,8 @@ DRW_BETA = 0.9999
 """Cao et al. 2019: β of the deferred class-balanced weights."""
 DRW_FRAC = 0.8
 """Cao et al. 2019: re-weighting starts at epoch 160 of 200."""
+HEAD_ATTRIBUTES = ("head", "projection", "head_init", "sigmoid")
+"""What a `<loss>_drw` takes over from its base loss for the model it trains (harness.losses.Loss)."""
 
 
 class DeferredReweighting(Loss):
@@ -76,7 +78,7 @@ def drw_variant(base: type[Loss]) -> type[DeferredReweighting]:
     first_line = (base.__doc__ or base.__name__).strip().splitlines()[0]
     return type(name, (DeferredReweighting,), {
         "base": base,
-        "head": base.head,
+        **{attribute: getattr(base, attribute) for attribute in HEAD_ATTRIBUTES},
         "__signature__": base_sig.replace(parameters=[*base_sig.parameters.values(), *extra]),
         "__doc__": f"Deferred re-weighting (Cao et al., NeurIPS 2019) of: {first_line}",
         "__module__": __name__,

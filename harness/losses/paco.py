@@ -67,6 +67,10 @@ class GPaCo(Loss):
     projection = (2, 32)
     """GPaCo's MLP head for ResNet-32: two hidden Linear(64, 64)-ReLU layers, then a 32-d output
     (builder.py with --mlp and --moco-dim 32), no batch norm."""
+    head_init = "torch"
+    """The classifier is MoCo's `self.linear = nn.Linear(feat_dim, num_classes)`, built outside the
+    ResNet-32 whose `_weights_init` would have made it Kaiming: nn.Linear's default init
+    (GPaCo/LT/moco/builder.py)."""
 
     def __init__(self, class_counts, alpha: float = GPACO_ALPHA, beta: float = GPACO_BETA,
                  gamma: float = GPACO_GAMMA, temperature: float = GPACO_TEMPERATURE, smooth: float = 0.0):

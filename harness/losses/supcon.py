@@ -49,6 +49,7 @@ class SupCon(Loss):
 
     head = "projection"
     drw_compatible = False  # the contrastive term has no per-class weight
+    head_init = "torch"  # SupContrast's classifiers (SupCEResNet.fc, LinearClassifier.fc) are plain nn.Linear
 
     def __init__(self, class_counts, temperature: float = SUPCON_TEMPERATURE,
                  mode: Literal["joint", "pretrain"] = "joint", ce_weight: float = 1.0):

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from harness.models.backbones import MODELS, expert_count
-from harness.models.heads import HEADS, PROJECTION_DIM, ExpertHeads, ProjectionHead
+from harness.models.heads import HEADS, PROJECTION_DIM, ExpertHeads, ProjectionHead, init_linear, prior_bias
 from harness.registry import ConfigError
 
 
@@ -15,20 +15,35 @@ class Classifier(nn.Module):
 
     With a multi-expert backbone (`num_experts` K > 0) the head is `ExpertHeads`: logits
     [B, K, C] (each expert's s·cos) and features [B, K, D]; the expert losses reduce them.
+
+    A linear head's weight starts as `head_init` says (heads.init_linear); with `sigmoid` (a
+    sigmoid loss, Loss.sigmoid) its bias starts at -log(C - 1) and `no_weight_decay()` names it.
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, head: str, num_experts: int = 0,
-                 projection: tuple[int, int] = (1, PROJECTION_DIM)):
+                 projection: tuple[int, int] = (1, PROJECTION_DIM), head_init: str = "kaiming",
+                 sigmoid: bool = False):
         super().__init__()
         self.backbone = backbone
         if head == "experts":
             self.head = ExpertHeads(feature_dim, num_classes, num_experts)
         else:
             self.head = HEADS.get("linear" if head == "projection" else head)(feature_dim, num_classes)
+        if sigmoid and not isinstance(self.head, nn.Linear):
+            raise ConfigError(f"a sigmoid loss needs a linear head with a bias, not '{head}'")
+        if isinstance(self.head, nn.Linear):
+            init_linear(self.head, head_init, prior_bias(num_classes) if sigmoid else None)
         hidden, out = projection
         self.projection = ProjectionHead(feature_dim, out, hidden) if head == "projection" else None
         self.feature_dim = feature_dim
         self.num_experts = num_experts
+        self.sigmoid = sigmoid
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters the optimizer must not decay (harness.run.optim): a sigmoid loss's
+        head bias, as Cui et al. leave the last layer's bias out of the L2 term (class-balanced-loss
+        src/cifar_main.py `_tower_fn`: `'dense/bias' not in v.name` for the sigmoid and focal losses)."""
+        return {"head.bias"} if self.sigmoid else set()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.backbone(x)
@@ -55,9 +70,11 @@ def check_model(name: str, loss_cls, params: dict | None = None) -> None:
 
 
 def build_model(name: str, num_classes: int, head: str, params: dict | None = None,
-                projection: tuple[int, int] = (1, PROJECTION_DIM)) -> Classifier:
+                projection: tuple[int, int] = (1, PROJECTION_DIM), head_init: str = "kaiming",
+                sigmoid: bool = False) -> Classifier:
     """The registered backbone `name` (built with `params`) and the head `head` (not 'auto'); with
-    the projection head, `projection` = (hidden layers, output size): the loss's own (Loss.projection)."""
+    the projection head, `projection` = (hidden layers, output size). `projection`, `head_init` and
+    `sigmoid` are the loss's own (Loss.projection, Loss.head_init, Loss.sigmoid): `loss_options`."""
     backbone = MODELS.build(name, params)
     experts = getattr(backbone, "num_experts", 0)
     if experts and head != "experts":
@@ -65,5 +82,11 @@ def build_model(name: str, num_classes: int, head: str, params: dict | None = No
                           f"not '{head}'")
     if head == "experts" and not experts:
         raise ConfigError(f"the experts head needs a multi-expert model, not '{name}'")
-    return Classifier(backbone, backbone.out_dim, num_classes, head, experts, projection)
+    return Classifier(backbone, backbone.out_dim, num_classes, head, experts, projection, head_init, sigmoid)
+
+
+def loss_options(loss_cls) -> dict:
+    """What `build_model` takes from a loss class: its projection, head init and sigmoid prior."""
+    return {"projection": getattr(loss_cls, "projection", (1, PROJECTION_DIM)),
+            "head_init": getattr(loss_cls, "head_init", "kaiming"), "sigmoid": getattr(loss_cls, "sigmoid", False)}
 

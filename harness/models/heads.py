@@ -9,6 +9,8 @@ scale s, as in the authors' code.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -33,17 +35,49 @@ HEAD_CHOICES = {"linear": ("linear",), "cosine": ("cosine",), "projection": ("pr
 
 @HEADS.register("linear")
 class LinearHead(nn.Linear):
-    """W·f + b."""
+    """W·f + b; its weight starts as `init_linear` sets it (Classifier)."""
+
+
+def init_linear(layer: nn.Linear, how: str, bias: float | None = None) -> None:
+    """Start a linear classifier's weight as `how` says (harness.losses.Loss.head_init), and its bias
+    at the constant `bias` when given (a sigmoid loss's prior, `prior_bias`).
+
+    "kaiming": kaiming_normal_ (fan_in, gain √2: std √(2 / in_features)), as LDAM-DRW's `_weights_init`
+    initialises every nn.Linear and Conv2d of its ResNet-32 (kaidic/LDAM-DRW models/resnet_cifar.py);
+    the bias keeps nn.Linear's default there. "torch": nn.Linear's own default (kaiming_uniform_ with
+    a = √5, std √(1 / (3 · in_features))), left as it is.
+    """
+    if how == "kaiming":
+        nn.init.kaiming_normal_(layer.weight)
+    elif how != "torch":
+        raise ConfigError(f"head init must be kaiming or torch, got {how!r}")
+    if bias is not None:
+        nn.init.constant_(layer.bias, bias)
+
+
+def prior_bias(num_classes: int) -> float:
+    """-log(C - 1): the logit at which each of C sigmoids starts at the class prior π = 1/C
+    (σ(b) = 1/C). Cui et al. 2019, richardaecn/class-balanced-loss src/model_base.py
+    `_fully_connected`: `bias_initializer=tf.constant_initializer(-np.log(out_dim - 1))`."""
+    return -math.log(num_classes - 1)
 
 
 @HEADS.register("cosine")
 class CosineHead(nn.Module):
-    """cos θ = normalize(f) · normalize(W) (the LDAM 'NormedLinear')."""
+    """cos θ = normalize(f) · normalize(W) (the LDAM 'NormedLinear').
+
+    Each class vector starts at unit norm, uniform in [-1, 1] per coordinate then rescaled, as
+    NormedLinear's `weight.uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)` (kaidic/LDAM-DRW
+    models/resnet_cifar.py, whose weight is [in, out], so dim 1 is a class; ours is [out, in]).
+    The norm matters although the forward normalises: the gradient reaching W scales as 1 / ‖w_j‖,
+    so it sets the head's effective learning rate, and weight decay shrinks it over training.
+    """
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        with torch.no_grad():
+            self.weight.uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return F.linear(F.normalize(f, dim=1), F.normalize(self.weight, dim=1))
@@ -53,9 +87,10 @@ class ExpertHeads(nn.Module):
     """K cosine classifiers, expert k's on its own features, each scaled by s: [B, K, D] -> [B, K, C].
 
     As `linears[k](feat) * s` with `NormedLinear` in frank-xwang/RIDE-LongTailRecognition
-    model/ldam_drw_resnets/ride_resnet_cifar.py (`ResNet_s._separate_part`). Their NormedLinear
-    weight starts uniform in [-1, 1] (then rescaled, which the normalisation undoes); CosineHead's
-    kaiming_uniform is uniform in a cube too, so the initial directions have the same distribution.
+    model/ldam_drw_resnets/ride_resnet_cifar.py (`ResNet_s._separate_part`; SADE's
+    expert_resnet_cifar.py the same). Their NormedLinear is LDAM-DRW's, and so is CosineHead's start:
+    every class vector uniform in [-1, 1] per coordinate, renormed to unit norm (their `_weights_init`
+    touches nn.Linear and Conv2d only, so it leaves NormedLinear as it is).
     """
 
     def __init__(self, in_features: int, out_features: int, num_experts: int, s: float = EXPERT_S):
@@ -70,7 +105,9 @@ class ExpertHeads(nn.Module):
 class ProjectionHead(nn.Sequential):
     """`hidden` Linear(d, d)-ReLU layers, then a Linear to `out_features`: the embedding a contrastive
     loss compares. SupCon's is one hidden layer to PROJECTION_DIM (Khosla et al. 2020); a loss sets
-    its own with a class attribute `projection = (hidden, out_features)` (GPaCo: (2, 32))."""
+    its own with a class attribute `projection = (hidden, out_features)` (GPaCo: (2, 32)). Its layers
+    keep nn.Linear's default init (SupContrast's networks/resnet_big.py head; GPaCo's hidden layers,
+    GPaCo/LT/moco/builder.py, whose last layer is the ResNet's Kaiming-initialised fc)."""
 
     def __init__(self, in_features: int, out_features: int = PROJECTION_DIM, hidden: int = 1):
         layers = [m for _ in range(hidden) for m in (nn.Linear(in_features, in_features), nn.ReLU(inplace=True))]

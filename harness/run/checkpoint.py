@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from harness import dist
+from harness.run.optim import decay_runs
 from harness.rundir import CheckpointError, RunDir
 
 
@@ -122,9 +123,12 @@ def full_state(model: torch.nn.Module, optimizer) -> tuple[dict, dict]:
         weights[name] = _gather(p, lambda m: m.hp_fragment)
         if has_momentum:
             state[i] = {MOMENTUM: _gather(p, lambda m: _momentum(optimizer, m))}
-    (group,) = optimizer.param_groups  # the trainer builds one group
-    hyper = {k: v for k, v in group.items() if k != "params"}
-    return weights, {"state": state, "param_groups": [{**hyper, "params": list(range(len(params)))}]}
+    groups, start = [], 0  # the trainer's groups are runs of the model's parameters, in order (optim.decay_runs)
+    for (members, _), group in zip(decay_runs(model), optimizer.param_groups, strict=True):
+        hyper = {k: v for k, v in group.items() if k != "params"}
+        groups.append({**hyper, "params": list(range(start, start + len(members)))})
+        start += len(members)
+    return weights, {"state": state, "param_groups": groups}
 
 
 @torch.no_grad()
@@ -142,5 +146,5 @@ def load_full_state(model: torch.nn.Module, optimizer, weights: dict, optim_stat
         if i in optim_state["state"]:
             _momentum(optimizer, mapping, create=True).copy_(
                 _slice(optim_state["state"][i][MOMENTUM], mapping.lp_fragment_address))
-    (group,) = optimizer.param_groups
-    group.update({k: v for k, v in optim_state["param_groups"][0].items() if k != "params"})
+    for group, saved in zip(optimizer.param_groups, optim_state["param_groups"], strict=True):
+        group.update({k: v for k, v in saved.items() if k != "params"})

@@ -20,14 +20,14 @@ from harness.config import RunConfig
 from harness.data.build import Data, build_data
 from harness.losses import LOSSES, Loss
 from harness.metrics import METRICS, summarize
-from harness.models import build_model, resolve_head
+from harness.models import build_model, loss_options, resolve_head
 from harness.run import record
 from harness.run.checkpoint import Checkpointer
 from harness.run.optim import build_optimizer, lr_factor, peak_lr
 from harness.run.record import Recorder
 from harness.run.wrap import Precision, choose_precision, uses_deepspeed, wrap
 from harness.rundir import RunDir
-from harness.stages import stage_config, stage_data, stage_fit, stage_hook, stage_model
+from harness.stages import stage_config, stage_data, stage_fit, stage_head, stage_hook, stage_model
 
 
 class TrainingError(RuntimeError):
@@ -75,7 +75,7 @@ class Trainer:
         self.criterion = LOSSES.build(cfg.loss.name, cfg.loss.params, class_counts=counts).to(self.device)
         head = resolve_head(cfg.model.head, type(self.criterion))
         model = build_model(cfg.model.name, self.data.card.num_classes, head, cfg.model.params,
-                            self.criterion.projection).to(self.device)
+                            **stage_head(self.run_config, loss_options(type(self.criterion)))).to(self.device)
         model = stage_model(self.run_config, self.run_dir.path, model)  # a second stage: the first stage's weights
         self.data = stage_data(self.run_config, self.run_dir, self.data, model, self.env)  # ldmlr: feature batches
         self.after_step = stage_hook(self.run_config, model)  # maxnorm: the projection of the classifier

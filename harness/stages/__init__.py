@@ -9,7 +9,7 @@
 A second stage is a cell like any other; its first stage is `stage.from_run` (a signature in
 the same grid folder, or a run folder) or, by default, the cell's own config with
 `stage.kind: train`, so a grid axis `stage.kind: [train, crt, ldmlr]` pairs every second stage
-with its first (harness.stages.decoupled). The one trainer asks this package for five things:
+with its first (harness.stages.decoupled). The one trainer asks this package for six things:
 
 - `stage_config(cfg)`: what the stage trains with: the stage's loss on a linear head for
   `stage.epochs` at `stage.lr` (cosine decay, no warm-up; ldmlr: Adam, constant), or nothing
@@ -20,6 +20,7 @@ with its first (harness.stages.decoupled). The one trainer asks this package for
   Kang et al.'s code, the statistics move); crt and linear train a new head, maxnorm and ldmlr the
   first stage's head, and tau_norm sets the head to the first stage's τ-normalised weights with no
   bias (as Kang et al.'s τ-norm code computes logits f·w̃ᵀ), or with tau search to its plain weights.
+- `stage_head(cfg, options)`: how the model's head starts (a second stage's new head as NEW_HEAD_INIT).
 - `stage_data(cfg, run_dir, data, model, env)`: the training batches. ldmlr's are features
   (harness.stages.ldmlr), which the frozen backbone passes through; evaluation stays on the
   test images, through backbone and head.
@@ -58,12 +59,17 @@ from harness.stages.ldmlr import feature_data
 from harness.stages.maxnorm import MaxNorm
 
 __all__ = ["Frozen", "check_stage", "first_stage_config", "first_stage_dir", "load_first_stage", "stage_config",
-           "stage_data", "stage_fit", "stage_hook", "stage_model", "tau_normalise"]
+           "stage_data", "stage_fit", "stage_head", "stage_hook", "stage_model", "tau_normalise"]
 
 OPTIMIZER = {"ldmlr": "adam"}
 """A kind's optimizer, where it is not the first stage's (LDMLR fine_tune_tr.py: torch.optim.Adam)."""
 DECAY = {"ldmlr": "constant"}
 """A kind's lr schedule, where it is not cosine (LDMLR's classifier has no scheduler)."""
+NEW_HEAD_INIT = "torch"
+"""A second stage's new classifier is a plain nn.Linear with its default init: Kang et al.'s cRT
+(facebookresearch/classifier-balancing models/DotProductClassifier.py) and SupCon's linear stage
+(HobbitLong/SupContrast networks/resnet_big.py, LinearClassifier). maxnorm, ldmlr and tau_norm
+start from the first stage's classifier instead (stage_model)."""
 
 
 def stage_config(cfg: RunConfig) -> RunConfig:
@@ -80,6 +86,12 @@ def stage_config(cfg: RunConfig) -> RunConfig:
         cfg, loss=LossConfig(name=s.loss or "ce"), model=dataclasses.replace(cfg.model, head="linear"), optim=optim,
         schedule=ScheduleConfig(epochs=0 if s.kind == "tau_norm" else s.epochs, warmup_epochs=0,
                                 decay=DECAY.get(s.kind, "cosine")))
+
+
+def stage_head(cfg: RunConfig, options: dict) -> dict:
+    """The model options (harness.models.loss_options of the stage's loss) a run builds its model
+    with: a second stage's head starts as NEW_HEAD_INIT says."""
+    return options if cfg.stage.kind == "train" else {**options, "head_init": NEW_HEAD_INIT}
 
 
 def check_stage(cfg: RunConfig, where: str = "") -> None:

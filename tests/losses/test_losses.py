@@ -38,11 +38,11 @@ EXPECTED_NAMES = {
     "ce", "focal", "cb_softmax", "cb_focal", "cb_sigmoid", "ldam", "balanced_softmax",
     "logit_adjust", "logit_adjust_posthoc", "supcon", "sphereface", "arcface", "cosface", "gpaco", "ride", "sade",
     "cb_softmax_bce", "ce_drw", "ldam_drw", "focal_drw", "balanced_softmax_drw", "logit_adjust_drw",
-    "sphereface_drw", "arcface_drw", "cosface_drw",
+    "sphereface_drw", "arcface_drw", "cosface_drw", "sigmoid_focal", "sigmoid_focal_drw",
 }
-HEADS = {"ce": "linear", "focal": "linear", "cb_softmax": "linear", "cb_softmax_bce": "linear", "cb_focal": "linear",
-         "cb_sigmoid": "linear", "balanced_softmax": "linear", "logit_adjust": "linear",
-         "logit_adjust_posthoc": "linear", "ldam": "cosine", "cosface": "cosine",
+HEADS = {"ce": "linear", "focal": "linear", "sigmoid_focal": "linear", "cb_softmax": "linear",
+         "cb_softmax_bce": "linear", "cb_focal": "linear", "cb_sigmoid": "linear", "balanced_softmax": "linear",
+         "logit_adjust": "linear", "logit_adjust_posthoc": "linear", "ldam": "cosine", "cosface": "cosine",
          "arcface": "cosine", "sphereface": "cosine", "supcon": "projection",
          "gpaco": "projection",  # tests/losses/test_paco.py
          "ride": "experts", "sade": "experts"}  # the multi-expert losses: tests/losses/test_experts.py
@@ -115,7 +115,7 @@ def test_every_name_is_registered_with_its_head():
 
 def test_drw_variants_exactly_for_per_sample_losses():
     drw = {n[:-4] for n in LOSSES.names() if n.endswith("_drw")}
-    assert drw == {"ce", "focal", "ldam", "balanced_softmax", "logit_adjust", "sphereface",
+    assert drw == {"ce", "focal", "sigmoid_focal", "ldam", "balanced_softmax", "logit_adjust", "sphereface",
                    "arcface", "cosface"}
 
 
@@ -213,6 +213,26 @@ def test_cb_sigmoid_and_cb_focal():
     close(build("cb_sigmoid", beta=beta)(t(LOGITS), target()), expected)
     unweighted = mean([sigmoid_focal_ref(r, y, 0.0) for r, y in zip(LOGITS, TARGET)])
     close(build("cb_sigmoid", beta=0.0)(t(LOGITS), target()), unweighted)
+
+
+def test_sigmoid_focal_is_cuis_focal_baseline_and_cb_focal_at_beta_zero():
+    for gamma in (0.0, 0.5, 1.0, 2.0):
+        expected = mean([sigmoid_focal_ref(r, y, gamma) for r, y in zip(LOGITS, TARGET)])
+        close(build("sigmoid_focal", gamma=gamma)(t(LOGITS), target()), expected)
+        close(build("cb_focal", beta=0.0, gamma=gamma)(t(LOGITS), target()), expected)
+    default = mean([sigmoid_focal_ref(r, y, 1.0) for r, y in zip(LOGITS, TARGET)])  # cifar_im_trainval.sh: γ = 1
+    close(build("sigmoid_focal")(t(LOGITS), target()), default)
+    close(build("sigmoid_focal", gamma=0.0)(t(LOGITS), target()), build("cb_sigmoid", beta=0.0)(t(LOGITS), target()))
+    # a confident right answer costs almost nothing: each class (1 - p^t)·BCE ≈ e^-24
+    sure = t([[12.0, -12.0, -12.0, -12.0]])
+    assert float(build("sigmoid_focal")(sure, torch.tensor([0]))) < 1e-9
+    with pytest.raises(ConfigError, match="sigmoid_focal gamma"):
+        build("sigmoid_focal", gamma=-0.5)
+
+
+def test_only_the_sigmoid_losses_declare_the_sigmoid_prior():
+    sigmoid = {n for n in LOSSES.names() if LOSSES.get(n).sigmoid}
+    assert sigmoid == {"sigmoid_focal", "sigmoid_focal_drw", "cb_sigmoid", "cb_focal"}
 
 
 def test_ldam_and_its_zero_margin_limit():
@@ -414,7 +434,7 @@ def test_drw_is_the_base_loss_then_the_weighted_loss(name, rows):
 # ---------------------------------------------------------------------------------------
 # gradients
 
-SMOOTH = ["ce", "focal", "cb_softmax", "cb_focal", "cb_sigmoid", "balanced_softmax",
+SMOOTH = ["ce", "focal", "sigmoid_focal", "cb_softmax", "cb_focal", "cb_sigmoid", "balanced_softmax",
           "logit_adjust", "ldam", "cosface", "ce_drw"]
 
 

@@ -468,12 +468,12 @@ def test_the_paper_grid_expresses_the_ldam_drw_protocol():
     assert {c.config.data.dataset for c in cells} == {"cifar10", "cifar100"}
     assert {c.config.data.imbalance_factor for c in cells} == {10.0, 100.0}
     losses = {c.config.loss.name for c in cells}
-    assert {"ce", "focal", "cb_focal", "ldam_drw", "balanced_softmax", "logit_adjust"} <= losses
+    assert {"ce", "focal", "sigmoid_focal", "cb_focal", "ldam_drw", "balanced_softmax", "logit_adjust"} <= losses
     assert len(cells) == 4 * len(losses)
     cfg = cells[0].config
     assert (cfg.model.name, cfg.schedule.epochs, cfg.optim.lr, cfg.optim.batch_size, cfg.optim.weight_decay,
             cfg.optim.momentum) == ("resnet32", 200, 0.1, 128, 2e-4, 0.9)
-    assert lr_factor(cfg, 2.5) == pytest.approx(0.5, rel=1e-6)  # linear warm-up over 5 epochs
+    assert [lr_factor(cfg, t) for t in (0, 0.9, 2.5, 4.9)] == pytest.approx([0.2, 0.2, 0.6, 1])  # lr·e/5, e = 1..5
     assert [lr_factor(cfg, t) for t in (5, 159.9, 160, 179.9, 180, 199.9)] == pytest.approx(
         [1, 1, 0.01, 0.01, 1e-4, 1e-4])
     ldam = next(c.config for c in cells if c.config.loss.name == "ldam_drw")
@@ -493,6 +493,8 @@ def test_published_numbers_are_a_loss_by_dataset_table_the_report_reads():
     from harness.report.table import build_table
     numbers = yaml.safe_load((ROOT / "docs" / "published.yaml").read_text())["numbers"]
     assert numbers["ce"]["cifar10 IF100"] == 70.4 and numbers["ldam_drw"]["cifar100 IF100"] == 42.0
+    # the published "Focal" row is Cui et al.'s sigmoid focal loss; no published row for the softmax one
+    assert numbers["sigmoid_focal"]["cifar10 IF100"] == 70.4 and "focal" not in numbers
     two_stage = {}  # row label -> column labels, as the report prints the two-stage grids
     for name, rows in REPORTED_GRIDS.items():
         cells = grid_rows([], load_grid(ROOT / "jobs" / name, check=False))
