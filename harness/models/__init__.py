@@ -19,11 +19,12 @@ from harness.models.heads import (
     CosineHead,
     ExpertHeads,
     LinearHead,
+    Projection,
     ProjectionHead,
     check_head,
     resolve_head,
 )
 
 __all__ = ["MODELS", "HEADS", "HEAD_CHOICES", "PROJECTION_DIM", "EXPERT_S", "CifarResNet", "ExpertResNet",
-           "Classifier", "CosineHead", "ExpertHeads", "LinearHead", "ProjectionHead", "build_model",
+           "Classifier", "CosineHead", "ExpertHeads", "LinearHead", "Projection", "ProjectionHead", "build_model",
            "check_head", "check_model", "expert_count", "resolve_head"]

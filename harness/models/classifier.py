@@ -5,34 +5,48 @@ import torch
 import torch.nn as nn
 
 from harness.models.backbones import MODELS, expert_count
-from harness.models.heads import HEADS, PROJECTION_DIM, ExpertHeads, ProjectionHead
+from harness.models.heads import HEADS, ExpertHeads, Projection, ProjectionHead
 from harness.registry import ConfigError
+
+SUPCON_PROJECTION = Projection()
+"""The default projection: SupCon's MLP beside a linear classifier."""
 
 
 class Classifier(nn.Module):
-    """A backbone (images -> features), a head (features -> logits) and, for SupCon, a
-    projection (features -> the embedding returned as features).
+    """A backbone (images -> features), a head (features -> logits) and, for the contrastive losses, a
+    projection (features -> the embedding returned as features); with class centres (BCL, models/resnext.py
+    `BCLModel.head_fc`), the features are the N embeddings followed by the C centres: the head's weight
+    vectors through their own MLP.
 
     With a multi-expert backbone (`num_experts` K > 0) the head is `ExpertHeads`: logits
     [B, K, C] (each expert's s·cos) and features [B, K, D]; the expert losses reduce them.
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, head: str, num_experts: int = 0,
-                 projection: tuple[int, int] = (1, PROJECTION_DIM)):
+                 projection: Projection = SUPCON_PROJECTION):
         super().__init__()
         self.backbone = backbone
         if head == "experts":
             self.head = ExpertHeads(feature_dim, num_classes, num_experts)
         else:
-            self.head = HEADS.get("linear" if head == "projection" else head)(feature_dim, num_classes)
-        hidden, out = projection
-        self.projection = ProjectionHead(feature_dim, out, hidden) if head == "projection" else None
+            self.head = HEADS.get(projection.classifier if head == "projection" else head)(feature_dim, num_classes)
+        p = Projection(*projection)
+        mlp = (lambda: ProjectionHead(feature_dim, p.out, p.hidden, p.batch_norm))
+        self.projection = mlp() if head == "projection" else None
+        self.centres = mlp() if head == "projection" and p.centres else None
         self.feature_dim = feature_dim
         self.num_experts = num_experts
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.backbone(x)
-        return self.head(f), (f if self.projection is None else self.projection(f))
+        logits = self.head(f)
+        if self.projection is None:
+            return logits, f
+        z = self.projection(f)
+        if self.centres is None:
+            return logits, z
+        centres = self.centres(self.head.weight)  # [C, d]: BCL's head_fc(fc.weight.T)
+        return logits, torch.cat([z, centres.to(z.dtype)])
 
 
 def check_model(name: str, loss_cls, params: dict | None = None) -> None:
@@ -55,9 +69,9 @@ def check_model(name: str, loss_cls, params: dict | None = None) -> None:
 
 
 def build_model(name: str, num_classes: int, head: str, params: dict | None = None,
-                projection: tuple[int, int] = (1, PROJECTION_DIM)) -> Classifier:
+                projection: Projection = SUPCON_PROJECTION) -> Classifier:
     """The registered backbone `name` (built with `params`) and the head `head` (not 'auto'); with
-    the projection head, `projection` = (hidden layers, output size): the loss's own (Loss.projection)."""
+    the projection head, `projection` is what the loss asks for (Loss.projection: MLP, classifier, centres)."""
     backbone = MODELS.build(name, params)
     experts = getattr(backbone, "num_experts", 0)
     if experts and head != "experts":
