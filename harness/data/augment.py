@@ -595,6 +595,8 @@ class SimAugment:
 # ---------------------------------------------------------------------------------------
 
 class Compose:
+    n_views = 1
+
     def __init__(self, parts: list):
         self.parts = parts
 
@@ -615,11 +617,17 @@ class Compose:
 
 class Views:
     """Several augmented views of every image, for the contrastive losses: 'a+b,c' is a view by
-    'a+b' and a view by 'c'. The batch holds the views one after the other (view-major: row
-    v·B + i is view v of image i) and the labels repeated per view, so any loss sees V·B samples."""
+    'a+b' and a view by 'c'; 'a,a' is two independent draws of 'a' (SupContrast's TwoCropTransform).
+    The batch holds the views one after the other (view-major: row v·B + i is view v of image i) and
+    the labels repeated per view, so any loss sees V·B samples; the trainer tells the loss V
+    (Loss.views). A part's parameters (aug.params) apply to it in every view that has it."""
 
     def __init__(self, views: list[Compose]):
         self.views = views
+
+    @property
+    def n_views(self) -> int:
+        return len(self.views)
 
     def split_decoder_crop(self, size: int) -> tuple[None, "Views"]:
         return None, self  # every view starts from the decoded image
@@ -627,6 +635,11 @@ class Views:
     def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> Batch:
         out = [view(x, y, g).x for view in self.views]
         return Batch(torch.cat(out), y.repeat(len(out)))
+
+
+def count_views(name: str) -> int:
+    """How many views the augmentation `name` gives each image: 'a,b' -> 2."""
+    return len(_views(name))
 
 
 def _views(name: str) -> list[list[str]]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from harness.config import RunConfig
-from harness.data.augment import build_augmentation
+from harness.data.augment import build_augmentation, count_views
 from harness.data.beton import Beton
 from harness.data.cards import Card, load_card
 from harness.data.conversion import data_dir, read_manifest
@@ -156,21 +156,22 @@ class Validator:
                   lambda k, v: build({k.split(".")[2]: {last(k): v}}))
 
     def model(self, cfg: RunConfig, card: Card) -> tuple[tuple, tuple]:
-        """(cache key, (logits, features)) of the model with its head on a few images; built once
-        per (model, head, parameters, classes, resolution)."""
+        """(cache key, (logits, features)) of the model with its head on a few images (each view of
+        them, view-major, as the trainer's batches hold them); built once per (model, head,
+        parameters, classes, resolution, views)."""
         loss = LOSSES.get(cfg.loss.name)
         head = resolve_head(cfg.model.head, loss)
         name, params, c, r = cfg.model.name, cfg.model.params, card.num_classes, card.resolution
-        options = loss_options(loss)
+        options, views = loss_options(loss), count_views(cfg.aug.name)
 
         @torch.no_grad()
         def build(params=params):
             torch.manual_seed(0)
             model = build_model(name, c, head, params or None, **options)
-            logits, features = model.eval()(torch.rand(BATCH, 3, r, r))
+            logits, features = model.eval()(torch.rand(BATCH * views, 3, r, r))
             return logits.float(), features.float()
 
-        cache_key = ("model", name, head, dumps(params), c, r, *options.values())
+        cache_key = ("model", name, head, dumps(params), c, r, *options.values(), views)
         return cache_key, self.once(cache_key, build, "model.name", name, dotted("model.params", params),
                                     lambda k, v: build({last(k): v}))
 
@@ -178,11 +179,13 @@ class Validator:
         """The loss with the class counts, on the model's outputs, at the first and the last epoch."""
         name, epochs = cfg.loss.name, cfg.schedule.epochs
         logits, features = outputs
+        views = count_views(cfg.aug.name)
 
         @torch.no_grad()
         def build(params=cfg.loss.params):
             loss = LOSSES.build(name, params, class_counts=torch.tensor(counts, dtype=torch.float32))
-            target = dummy_labels(len(counts))
+            loss.views = views
+            target = dummy_labels(len(counts)).repeat(views)
             for epoch in sorted({0, max(0, epochs - 1)}):  # tau_norm trains 0 epochs: the loss is still built
                 loss.set_epoch(epoch, max(1, epochs))
                 value = loss(logits, target, features)

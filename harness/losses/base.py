@@ -9,13 +9,18 @@ The interface (`Loss`):
 - `head`: the classifier head the loss needs. "linear": logits W·f + b. "cosine": the head
   returns cos θ (unit feature · unit weight, no bias, not scaled); the loss applies its
   own scale and margins. "projection": the loss works on an embedding (`features`, the
-  projection head's output where the model has one) and, in joint mode, a linear head.
+  projection head's output where the model has one) and, in joint mode, a classifier: what the
+  model builds for it is `projection` (harness.models.Projection: the MLP, a linear or cosine
+  classifier, BCL's class centres as the last C rows of `features`).
   "experts": a multi-expert model (harness.models.ExpertResNet) whose logits are [B, K, C],
   each expert's cos θ already scaled by the model's s, and features [B, K, D] (ride, sade).
 - `head_init`, `sigmoid`: how the linear head starts ("kaiming" or nn.Linear's default "torch";
   a sigmoid loss's bias at the prior -log(C - 1), kept out of weight decay): the model builder and
   the optimizer builder read them (harness.models.build_model, harness.run.optim).
 - `forward(logits, target, features=None)`: a scalar, the mean over the batch.
+- `views`: how many augmented views of each image the batch holds (aug.name 'a,b' gives 2;
+  harness.data.augment.Views), set by the trainer. The rows of `logits`, `features` and `target`
+  are view-major (row v·B + i is view v of image i, the SupContrast code's torch.cat order).
 - `set_epoch(epoch, epochs)`: called at the start of every epoch (0-based).
 - `adjust_logits(logits)`: the scores to predict with at evaluation.
 - `fit_test_time(logits_of, images, seed)`: called once after the last epoch, before the final
@@ -34,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from harness.models.heads import Projection
 from harness.registry import ConfigError, Registry
 
 Head = Literal["linear", "cosine", "projection", "experts"]
@@ -48,9 +54,9 @@ class Loss(nn.Module):
     head: ClassVar[Head] = "linear"
     drw_compatible: ClassVar[bool] = True
     """Whether a `<name>_drw` variant is registered (needs an unweighted `per_sample`)."""
-    projection: ClassVar[tuple[int, int]] = (1, 128)
-    """With the projection head: (hidden Linear-ReLU layers, output size) of the projection MLP
-    (SupCon's: one hidden layer, 128; harness.models.heads.ProjectionHead)."""
+    projection: ClassVar[Projection] = Projection()
+    """With the projection head, what the model builds (harness.models.Projection): SupCon's MLP by
+    default (one hidden Linear-ReLU layer, 128-d), beside a linear classifier."""
     head_init: ClassVar[HeadInit] = "kaiming"
     """How the linear classifier's weight starts (harness.models.heads.init_linear): "kaiming",
     kaiming_normal_ as LDAM-DRW's `_weights_init` initialises every nn.Linear of its ResNet-32
@@ -64,6 +70,7 @@ class Loss(nn.Module):
     def __init__(self, class_counts: torch.Tensor):
         super().__init__()
         self.register_buffer("class_counts", check_counts(class_counts), persistent=False)
+        self.views = 1  # the trainer sets it from the augmentation
 
     @property
     def num_classes(self) -> int:

@@ -19,6 +19,7 @@ from harness.models.heads import (
     CosineHead,
     ExpertHeads,
     LinearHead,
+    Projection,
     ProjectionHead,
     check_head,
     init_linear,
@@ -27,5 +28,5 @@ from harness.models.heads import (
 )
 
 __all__ = ["MODELS", "HEADS", "HEAD_CHOICES", "PROJECTION_DIM", "EXPERT_S", "CifarResNet", "ExpertResNet",
-           "Classifier", "CosineHead", "ExpertHeads", "LinearHead", "ProjectionHead", "build_model",
+           "Classifier", "CosineHead", "ExpertHeads", "LinearHead", "Projection", "ProjectionHead", "build_model",
            "check_head", "check_model", "expert_count", "init_linear", "loss_options", "prior_bias", "resolve_head"]

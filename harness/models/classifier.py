@@ -5,13 +5,18 @@ import torch
 import torch.nn as nn
 
 from harness.models.backbones import MODELS, expert_count
-from harness.models.heads import HEADS, PROJECTION_DIM, ExpertHeads, ProjectionHead, init_linear, prior_bias
+from harness.models.heads import HEADS, ExpertHeads, Projection, ProjectionHead, init_linear, prior_bias
 from harness.registry import ConfigError
+
+SUPCON_PROJECTION = Projection()
+"""The default projection: SupCon's MLP beside a linear classifier."""
 
 
 class Classifier(nn.Module):
-    """A backbone (images -> features), a head (features -> logits) and, for SupCon, a
-    projection (features -> the embedding returned as features).
+    """A backbone (images -> features), a head (features -> logits) and, for the contrastive losses, a
+    projection (features -> the embedding returned as features); with class centres (BCL, models/resnext.py
+    `BCLModel.head_fc`), the features are the N embeddings followed by the C centres: the head's weight
+    vectors through their own MLP.
 
     With a multi-expert backbone (`num_experts` K > 0) the head is `ExpertHeads`: logits
     [B, K, C] (each expert's s·cos) and features [B, K, D]; the expert losses reduce them.
@@ -21,20 +26,21 @@ class Classifier(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, head: str, num_experts: int = 0,
-                 projection: tuple[int, int] = (1, PROJECTION_DIM), head_init: str = "kaiming",
-                 sigmoid: bool = False):
+                 projection: Projection = SUPCON_PROJECTION, head_init: str = "kaiming", sigmoid: bool = False):
         super().__init__()
         self.backbone = backbone
         if head == "experts":
             self.head = ExpertHeads(feature_dim, num_classes, num_experts)
         else:
-            self.head = HEADS.get("linear" if head == "projection" else head)(feature_dim, num_classes)
+            self.head = HEADS.get(projection.classifier if head == "projection" else head)(feature_dim, num_classes)
         if sigmoid and not isinstance(self.head, nn.Linear):
             raise ConfigError(f"a sigmoid loss needs a linear head with a bias, not '{head}'")
         if isinstance(self.head, nn.Linear):
             init_linear(self.head, head_init, prior_bias(num_classes) if sigmoid else None)
-        hidden, out = projection
-        self.projection = ProjectionHead(feature_dim, out, hidden) if head == "projection" else None
+        p = Projection(*projection)
+        mlp = (lambda: ProjectionHead(feature_dim, p.out, p.hidden, p.batch_norm))
+        self.projection = mlp() if head == "projection" else None
+        self.centres = mlp() if head == "projection" and p.centres else None
         self.feature_dim = feature_dim
         self.num_experts = num_experts
         self.sigmoid = sigmoid
@@ -47,7 +53,14 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.backbone(x)
-        return self.head(f), (f if self.projection is None else self.projection(f))
+        logits = self.head(f)
+        if self.projection is None:
+            return logits, f
+        z = self.projection(f)
+        if self.centres is None:
+            return logits, z
+        centres = self.centres(self.head.weight)  # [C, d]: BCL's head_fc(fc.weight.T)
+        return logits, torch.cat([z, centres.to(z.dtype)])
 
 
 def check_model(name: str, loss_cls, params: dict | None = None) -> None:
@@ -70,11 +83,12 @@ def check_model(name: str, loss_cls, params: dict | None = None) -> None:
 
 
 def build_model(name: str, num_classes: int, head: str, params: dict | None = None,
-                projection: tuple[int, int] = (1, PROJECTION_DIM), head_init: str = "kaiming",
+                projection: Projection = SUPCON_PROJECTION, head_init: str = "kaiming",
                 sigmoid: bool = False) -> Classifier:
     """The registered backbone `name` (built with `params`) and the head `head` (not 'auto'); with
-    the projection head, `projection` = (hidden layers, output size). `projection`, `head_init` and
-    `sigmoid` are the loss's own (Loss.projection, Loss.head_init, Loss.sigmoid): `loss_options`."""
+    the projection head, `projection` is what the loss asks for (Loss.projection: MLP, classifier,
+    centres). `projection`, `head_init` and `sigmoid` are the loss's own (Loss.projection,
+    Loss.head_init, Loss.sigmoid): `loss_options`."""
     backbone = MODELS.build(name, params)
     experts = getattr(backbone, "num_experts", 0)
     if experts and head != "experts":
@@ -87,6 +101,6 @@ def build_model(name: str, num_classes: int, head: str, params: dict | None = No
 
 def loss_options(loss_cls) -> dict:
     """What `build_model` takes from a loss class: its projection, head init and sigmoid prior."""
-    return {"projection": getattr(loss_cls, "projection", (1, PROJECTION_DIM)),
+    return {"projection": getattr(loss_cls, "projection", SUPCON_PROJECTION),
             "head_init": getattr(loss_cls, "head_init", "kaiming"), "sigmoid": getattr(loss_cls, "sigmoid", False)}
 

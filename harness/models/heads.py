@@ -1,15 +1,17 @@
 """Classifier heads, and which head each kind of loss trains with.
 
 The `cosine` head returns cos θ between the normalised feature and the normalised class weight;
-the margin losses scale it and add their margins themselves. The `projection` head is a linear
-classifier plus SupCon's projection MLP: features are then the projection of the penultimate
-embedding. The `experts` head is one scaled cosine classifier per expert of a multi-expert
-backbone (RIDE, SADE): it maps features [B, K, D] to logits [B, K, C] that already carry the
-scale s, as in the authors' code.
+the margin losses scale it and add their margins themselves. The `projection` head is a classifier
+(linear, or cosine for BCL) plus the contrastive loss's projection MLP (`Projection`, the loss's
+own): features are then the projection of the penultimate embedding, followed, for a loss with
+class centres (BCL), by the C classifier weights passed through their own MLP. The `experts` head
+is one scaled cosine classifier per expert of a multi-expert backbone (RIDE, SADE): it maps
+features [B, K, D] to logits [B, K, C] that already carry the scale s, as in the authors' code.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -102,16 +104,35 @@ class ExpertHeads(nn.Module):
         return torch.stack([self.s * head(f[:, k]) for k, head in enumerate(self.experts)], dim=1)
 
 
-class ProjectionHead(nn.Sequential):
-    """`hidden` Linear(d, d)-ReLU layers, then a Linear to `out_features`: the embedding a contrastive
-    loss compares. SupCon's is one hidden layer to PROJECTION_DIM (Khosla et al. 2020); a loss sets
-    its own with a class attribute `projection = (hidden, out_features)` (GPaCo: (2, 32)). Its layers
-    keep nn.Linear's default init (SupContrast's networks/resnet_big.py head; GPaCo's hidden layers,
-    GPaCo/LT/moco/builder.py, whose last layer is the ResNet's Kaiming-initialised fc)."""
+class Projection(NamedTuple):
+    """What a contrastive loss asks of the model besides the backbone (`Loss.projection`)."""
+    hidden: int = 1
+    """Hidden Linear(d, d) layers of the projection MLP, each followed by (batch norm and) ReLU."""
+    out: int = PROJECTION_DIM
+    """The embedding's size."""
+    batch_norm: bool = False
+    """A BatchNorm1d after each hidden Linear (PaCo's and BCL's MLPs; SupCon's and GPaCo's have none)."""
+    classifier: str = "linear"
+    """The classifier beside the projection: linear, or cosine (BCL's NormedLinear; the loss scales it)."""
+    centres: bool = False
+    """Class centres (BCL): the classifier's C weight vectors through an MLP like the projection's,
+    returned after the projections as the last C rows of the features."""
 
-    def __init__(self, in_features: int, out_features: int = PROJECTION_DIM, hidden: int = 1):
-        layers = [m for _ in range(hidden) for m in (nn.Linear(in_features, in_features), nn.ReLU(inplace=True))]
-        super().__init__(*layers, nn.Linear(in_features, out_features))
+
+class ProjectionHead(nn.Sequential):
+    """`hidden` Linear(d, d)-(BatchNorm1d)-ReLU layers, then a Linear to `out_features`: the embedding
+    a contrastive loss compares. SupCon's is one hidden layer to PROJECTION_DIM (Khosla et al. 2020); a
+    loss sets its own with a class attribute `projection = Projection(...)` (GPaCo: 2 hidden, 32). Its
+    layers keep nn.Linear's default init (SupContrast's networks/resnet_big.py head; GPaCo's hidden
+    layers, GPaCo/LT/moco/builder.py, whose last layer is the ResNet's Kaiming-initialised fc)."""
+
+    def __init__(self, in_features: int, out_features: int = PROJECTION_DIM, hidden: int = 1,
+                 batch_norm: bool = False):
+        def block():
+            norm = [nn.BatchNorm1d(in_features)] if batch_norm else []
+            return [nn.Linear(in_features, in_features), *norm, nn.ReLU(inplace=True)]
+
+        super().__init__(*[m for _ in range(hidden) for m in block()], nn.Linear(in_features, out_features))
 
 
 def resolve_head(head: str, loss_cls) -> str:
@@ -120,9 +141,13 @@ def resolve_head(head: str, loss_cls) -> str:
 
 
 def check_head(head: str, loss_cls) -> None:
-    """Raise ConfigError when `head` cannot serve the loss (e.g. ldam on a linear head)."""
+    """Raise ConfigError when `head` cannot serve the loss (e.g. ldam on a linear head; bcl, whose
+    centres and cosine classifier come with its projection, on anything but that)."""
     wanted = getattr(loss_cls, "head", "linear")
     choices = HEAD_CHOICES[wanted]
+    projection = getattr(loss_cls, "projection", Projection())
+    if wanted == "projection" and (projection.centres or projection.classifier != "linear"):
+        choices = ("projection",)
     if head != "auto" and head not in choices:
         raise ConfigError(f"loss '{loss_cls.__name__}' needs the {' or '.join(choices)} head, not "
                           f"'{head}'; set model.head to auto or {choices[0]}")

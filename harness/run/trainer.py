@@ -73,6 +73,7 @@ class Trainer:
         self.data = build_data(cfg, self.device, self.env.rank, self.env.world_size)
         counts = torch.tensor(self.data.counts, dtype=torch.float32, device=self.device)
         self.criterion = LOSSES.build(cfg.loss.name, cfg.loss.params, class_counts=counts).to(self.device)
+        self.criterion.views = self.data.augment.n_views  # the batch's rows: V views of each image, view-major
         head = resolve_head(cfg.model.head, type(self.criterion))
         model = build_model(cfg.model.name, self.data.card.num_classes, head, cfg.model.params,
                             **stage_head(self.run_config, loss_options(type(self.criterion)))).to(self.device)

@@ -64,3 +64,75 @@ def test_views_stack_the_views_and_repeat_the_labels():
         A.build_augmentation("standard,")
     with pytest.raises(ConfigError, match="simaugment gray_p"):
         A.build_augmentation("simaugment", {"simaugment": {"gray_p": 2}})
+
+
+def test_a_repeated_name_is_two_independent_draws_of_one_augmentation():
+    """'a,a' is SupContrast's TwoCropTransform: two draws of the same augmentation, not one copied."""
+    x, y = images(8, 32, seed=5), torch.arange(8)
+    views = A.build_augmentation("simaugment,simaugment")
+    batch = views(x, y, torch.Generator().manual_seed(1))
+    first, second = batch.x[:8], batch.x[8:]
+    assert views.n_views == A.count_views("simaugment,simaugment") == 2
+    assert A.build_augmentation("standard").n_views == 1
+    assert batch.y.tolist() == list(range(8)) * 2
+    assert all(not torch.equal(a, b) for a, b in zip(first, second))
+    again = views(x, y, torch.Generator().manual_seed(1)).x
+    assert torch.equal(again, batch.x)  # reproducible from the generator
+    assert A.count_views("standard+autoaugment+cutout,simaugment,simaugment") == 3
+
+
+def view_run(folder, card, loader, epochs=1):
+    """A tiny two-view GPaCo run (ResNet-8, batch 64) with the given loader: its grid cell."""
+    from harness.data import load_card, prepare
+    from harness.grid import load_grid
+    from support import write_grid
+    prepare(load_card(str(card)), folder / "data")
+    grid = write_grid(folder, card, folder / "data", grid="loss.name: [gpaco]", epochs=epochs)
+    (cell,) = load_grid(grid, ["aug.name=standard,simaugment", f"data.loader={loader}", "log.images=false",
+                               "dist.precision=fp32"]).cells
+    return cell
+
+
+def history(result):
+    return [{k: v for k, v in row.items() if k not in ("images_per_s", "time_s")} for row in result["history"]]
+
+
+@pytest.mark.slow
+def test_views_train_alike_from_the_memory_and_the_ffcv_loader(tmp_path, tiny_card):
+    """Both loaders hand the trainer the same batches; the views are drawn on the device from the
+    trainer's generator, so one epoch of a two-view run is the same from either."""
+    from harness.run.trainer import Trainer
+    results = {}
+    for loader in ("memory", "ffcv"):
+        cell = view_run(tmp_path / loader, tiny_card, loader)
+        trainer = Trainer(cell.config, tmp_path / loader / "run")
+        assert trainer.criterion.views == 2
+        results[loader] = trainer.train()
+    assert history(results["memory"]) == history(results["ffcv"])
+
+
+@pytest.mark.slow
+def test_a_two_view_run_stopped_inside_an_epoch_resumes_to_the_same_history(tmp_path, tiny_card):
+    from harness.run.trainer import Preempted, Trainer
+    cell = view_run(tmp_path, tiny_card, "memory", epochs=2)
+    whole = Trainer(cell.config, tmp_path / "whole").train()
+    stopped = Trainer(cell.config, tmp_path / "stopped")
+    stopped.stop_requested = True  # stop after the first step
+    with pytest.raises(Preempted, match="stopped at epoch 0 step 1"):
+        stopped.train()
+    resumed = Trainer(cell.config, tmp_path / "stopped").train()
+    assert history(resumed) == history(whole) and resumed["final"] == whole["final"]
+
+
+def test_a_loss_that_tells_views_apart_needs_them_before_anything_runs():
+    from harness.config import RunConfig, from_dict
+    from harness.grid.validate import validate
+
+    def cfg(loss, aug):
+        return from_dict(RunConfig, {"data": {"dataset": "cifar10", "root": "/nonexistent"}, "loss": {"name": loss},
+                                     "aug": {"name": aug}})
+    for loss, aug in (("bcl", "standard"), ("paco", "standard")):
+        with pytest.raises(ConfigError, match="view"):
+            validate(cfg(loss, aug))
+    validate(cfg("bcl", "standard+autoaugment+cutout,simaugment,simaugment"))
+    validate(cfg("paco", "standard+autoaugment+cutout,simaugment"))

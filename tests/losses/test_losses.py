@@ -36,7 +36,8 @@ COS = [[0.8, -0.1, 0.3, 0.0],
 
 EXPECTED_NAMES = {
     "ce", "focal", "cb_softmax", "cb_focal", "cb_sigmoid", "ldam", "balanced_softmax",
-    "logit_adjust", "logit_adjust_posthoc", "supcon", "sphereface", "arcface", "cosface", "gpaco", "ride", "sade",
+    "logit_adjust", "logit_adjust_posthoc", "supcon", "sphereface", "arcface", "cosface", "gpaco", "paco", "bcl",
+    "ride", "sade",
     "cb_softmax_bce", "ce_drw", "ldam_drw", "focal_drw", "balanced_softmax_drw", "logit_adjust_drw",
     "sphereface_drw", "arcface_drw", "cosface_drw", "sigmoid_focal", "sigmoid_focal_drw",
 }
@@ -44,7 +45,7 @@ HEADS = {"ce": "linear", "focal": "linear", "sigmoid_focal": "linear", "cb_softm
          "cb_softmax_bce": "linear", "cb_focal": "linear", "cb_sigmoid": "linear", "balanced_softmax": "linear",
          "logit_adjust": "linear", "logit_adjust_posthoc": "linear", "ldam": "cosine", "cosface": "cosine",
          "arcface": "cosine", "sphereface": "cosine", "supcon": "projection",
-         "gpaco": "projection",  # tests/losses/test_paco.py
+         "gpaco": "projection", "paco": "projection", "bcl": "projection",  # tests/losses/test_contrastive.py
          "ride": "experts", "sade": "experts"}  # the multi-expert losses: tests/losses/test_experts.py
 
 
@@ -138,6 +139,10 @@ def test_bad_values_and_counts_are_config_errors():
         build("ce", counts=[5.0, 0.0, 1.0])
 
 
+VIEWS = {"paco": 2, "bcl": 2}
+"""The losses that tell views apart, with the views they get here (rows 0-2 and 3-5 of the batch)."""
+
+
 def inputs_for(name):
     head = LOSSES.get(name).head
     if head == "experts":  # three experts' scaled logits [B, 3, C]
@@ -145,7 +150,8 @@ def inputs_for(name):
         features = torch.linspace(-1, 1, B * 3 * 2, dtype=torch.float64).reshape(B, 3, 2)
         return logits.detach().requires_grad_(), features.requires_grad_()
     logits = t(COS if head == "cosine" else LOGITS).requires_grad_()
-    features = torch.linspace(-1, 1, B * 3, dtype=torch.float64).reshape(B, 3).requires_grad_()
+    rows = B + C if LOSSES.get(name).projection.centres else B  # bcl: the class centres after the rows
+    features = torch.linspace(-1, 1, rows * 3, dtype=torch.float64).reshape(rows, 3).requires_grad_()
     return logits, features
 
 
@@ -153,6 +159,7 @@ def inputs_for(name):
 def test_every_loss_runs_backward_and_pickles(name):
     loss = build(name)
     loss.set_epoch(0, 10)
+    loss.views = VIEWS.get(name, 1)
     logits, features = inputs_for(name)
     value = loss(logits, target(), features)
     assert value.dim() == 0 and torch.isfinite(value)
@@ -355,54 +362,6 @@ def test_sphereface_formula_and_per_iteration_annealing():
     assert (psi.diff() <= 1e-12).all()
 
 
-def supcon_ref(views, labels, temperature):
-    """Khosla et al. eq. 2 over anchors with a positive; views: [sample][view] unit vectors."""
-    items = [(v, labels[i]) for view in range(len(views[0])) for i, _ in enumerate(views)
-             for v in [views[i][view]]]
-    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
-    terms = []
-    for i, (zi, yi) in enumerate(items):
-        others = [j for j in range(len(items)) if j != i]
-        positives = [p for p in others if items[p][1] == yi]
-        if not positives:
-            continue
-        denom = sum(math.exp(dot(zi, items[a][0]) / temperature) for a in others)
-        terms.append(-mean([math.log(math.exp(dot(zi, items[p][0]) / temperature) / denom)
-                            for p in positives]))
-    return mean(terms)
-
-
-def unit(rows):
-    return [[v / math.sqrt(sum(x * x for x in r)) for v in r] for r in rows]
-
-
-def test_supcon_single_view_pretrain_and_joint():
-    raw = [[1.0, 0.2, 0.0], [0.1, 1.0, 0.3], [0.0, 0.4, 1.0],
-           [0.5, 0.5, 0.5], [0.9, -0.2, 0.1], [-0.3, 0.8, 0.2]]
-    labels = [0, 1, 2, 3, 2, 0]  # classes 1 and 3 appear once: those anchors have no positive
-    expected = supcon_ref([[u] for u in unit(raw)], labels, 0.1)
-    pretrain = build("supcon", mode="pretrain")
-    close(pretrain(None, torch.tensor(labels), t(raw)), expected)
-    joint = build("supcon", ce_weight=0.5)
-    ce = mean([ce_ref(r, y) for r, y in zip(LOGITS, labels)])
-    close(joint(t(LOGITS), torch.tensor(labels), t(raw)), expected + 0.5 * ce)
-    lonely = pretrain(None, torch.tensor([0, 1, 2]), t(raw[:3]).requires_grad_())
-    assert lonely.item() == 0.0  # no anchor has a positive
-
-
-def test_supcon_multi_view():
-    raw = [[[1.0, 0.2], [0.8, 0.5]], [[0.1, 1.0], [-0.2, 0.9]], [[0.7, 0.7], [1.0, -0.1]]]
-    labels = [0, 1, 0]
-    views = [unit(pair) for pair in raw]
-    expected = supcon_ref(views, labels, 0.2)
-    loss = build("supcon", mode="pretrain", temperature=0.2)
-    close(loss(None, torch.tensor(labels), t(raw)), expected)
-    # joint: logits for the B·V rows, view-major (view 0 of every sample, then view 1)
-    logits = t(LOGITS[:6])[:, :3]
-    ce = mean([ce_ref(r, y) for r, y in zip(logits.tolist(), labels + labels)])
-    close(build("supcon", temperature=0.2)(logits, torch.tensor(labels), t(raw)), expected + ce)
-
-
 # ---------------------------------------------------------------------------------------
 # deferred re-weighting
 
@@ -445,12 +404,3 @@ def test_gradcheck(name):
     rows = COS if loss.head == "cosine" else LOGITS
     logits = t(rows).requires_grad_()
     assert torch.autograd.gradcheck(lambda z: loss(z, target()), (logits,))
-
-
-@pytest.mark.parametrize("mode", ["pretrain", "joint"])
-def test_gradcheck_supcon(mode):
-    loss = build("supcon", mode=mode)
-    features = torch.linspace(-1, 1, B * 2 * 3, dtype=torch.float64).reshape(B, 2, 3)
-    features = (features + 0.1 * torch.arange(B * 2 * 3).reshape(B, 2, 3).sin()).requires_grad_()
-    logits = t(LOGITS).requires_grad_()
-    assert torch.autograd.gradcheck(lambda z, f: loss(z, target(), f), (logits, features))

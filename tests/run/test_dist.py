@@ -347,6 +347,31 @@ def test_the_tau_search_over_two_ranks_chooses_as_one_rank(tmp_path, tiny_card, 
     assert len(set(one["tau_search"]["val_top1"].values())) > 1  # the candidates differ: a real choice
 
 
+@pytest.fixture(scope="module")
+def ddp_views(tmp_path_factory, tiny_card, data_root) -> Path:
+    """STEPS float64 steps of a 2-rank BCL run with three views of each image (the projection, the
+    cosine classifier and the class centres all train), then a checkpoint and a fresh trainer."""
+    cfg = cell_config(tiny_card, data_root, loss={"name": "bcl"}, aug={"name": "standard,standard,standard"})
+    folder = make_cell(tmp_path_factory.mktemp("views"), cfg)
+    assert_ok(launch_ranks(2, "steps", folder, STEPS, folder, log_dir=folder, env={"LT_DEFAULT_DTYPE": "float64"}))
+    return folder
+
+
+@pytest.mark.slow
+def test_a_multi_view_contrastive_run_trains_and_resumes_under_ddp(ddp_views):
+    """Each rank contrasts the views of its own share; DDP averages the gradients of every part,
+    the class centres' MLP included, and a fresh trainer resumes the checkpoint exactly."""
+    saved = checkpoint(ddp_views)
+    reloaded = torch.load(ddp_views / "reloaded.pt", weights_only=True)
+    assert saved["world_size"] == 2 and saved["step_in_epoch"] == STEPS
+    assert_same_state(saved, reloaded, rtol=0, atol=0)
+    init = torch.load(ddp_views / "init.pt")
+    for part in ("backbone.", "head.", "projection.", "centres."):
+        moved = max((init[k] - saved["model"][k]).abs().max().item() for k in init
+                    if k.startswith(part) and init[k].is_floating_point())
+        assert moved > 1e-4, part
+
+
 # --- failures and SLURM -------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -446,6 +446,7 @@ def test_from_epoch_best_loads_best_pt_and_refuses_a_stale_or_missing_one(kang):
 def test_supcon_two_stage_recipe_trains_a_linear_classifier_on_frozen_features(tmp_path, tiny_card):
     grid = write_grid(tmp_path, tiny_card, tmp_path / "data", grid="stage.kind: [train, linear]",
                       extra="  loss.name: [supcon]\n  loss.params: [{mode: pretrain}]\n"
+                            "  aug.name: ['standard,standard']\n"  # two views of each image, as Khosla et al.
                             "  stage.epochs: [10]\n  stage.lr: [0.2]\n  log.images: [false]\n", epochs=1)
     assert main_sweep([str(grid), "--cluster", "debug", "--runs", str(tmp_path / "runs")]) == 0
     runs = {RunDir(p).read_config().stage.kind: p for p in (tmp_path / "runs" / "g").glob("[0-9a-f]*")}
