@@ -9,7 +9,8 @@ from support.learning import SEEDS, learn_config, means_table, train_final
 
 TAIL_METHODS = ("ldam_drw", "balanced_softmax", "logit_adjust")
 MARGIN = 2.0
-"""Points by which each method must beat CE (observed: 10 or more on top-1, 20 or more on few)."""
+"""Points by which each method must beat CE (observed since issue 15: ldam_drw 3.0 on top-1 and 15 on few,
+the prior-corrected losses 13 and 27; before it, with a weaker CE, 10 or more and 20 or more)."""
 
 
 @pytest.mark.slow

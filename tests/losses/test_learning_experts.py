@@ -3,7 +3,7 @@ on the CPU, sade and ride each beat cross-entropy on balanced top-1 and few-shot
 averaged over two seeds.
 
 The set is tests/support/learning.py's (300 ... 3 training images per class, 50 test images
-per class), and so is the schedule's shape (batch 32, warm-up 2, lr ×0.1 at 80 %, RIDE's deferred
+per class), and so is the schedule's shape (batch 32, warm-up 3, lr ×0.1 at 80 %, RIDE's deferred
 phase from 80 %), shorter (10 epochs: the expert models cost about twice a narrow ResNet-8 a step)
 and at lr 0.05 for every method: at 0.1 with batch 32 (4x the per-sample lr of SADE's 0.1 at
 batch 128) SADE's summed expert losses collapse to predicting the prior on this set.
@@ -17,7 +17,8 @@ from support.learning import SEEDS, learn_config, means_table, train_final
 
 METHODS = {"ce": "resnet8_narrow", "sade": "resnet8_narrow_experts", "ride": "resnet8_narrow_experts"}
 MARGIN = 5.0
-"""Points by which each method must beat CE (observed: 25 or more on top-1, 45 or more on few)."""
+"""Points by which each method must beat CE (observed with warm-up 3 since issue 15: 27 or more on top-1,
+39 or more on few)."""
 
 
 @pytest.mark.slow
