@@ -1,6 +1,13 @@
-"""The contrastive family helps the tail: on the learnable synthetic long-tailed set at IF 100 (the
-set of tests/support/learning.py), on the CPU, averaged over two seeds, supcon (joint), bcl and gpaco
-each beat cross-entropy on balanced top-1 and few-shot accuracy; the table is printed.
+"""BCL helps the tail: on the learnable synthetic long-tailed set at IF 100 (the set of
+tests/support/learning.py), on the CPU, averaged over two seeds, bcl beats cross-entropy on balanced
+top-1 and few-shot accuracy; the table is printed.
+
+supcon (joint) and gpaco do NOT beat CE on this set since the classifier starts as LDAM-DRW's code
+starts it (Kaiming; issue 15), which raised CE from 57.4 / 16.8 to 79.4 / 56.2 at this recipe, while
+supcon and gpaco keep nn.Linear's default start as their authors' code does. Measured on main after
+that change (means of seeds 0 and 1, top-1 / few-shot): CE 79.4 / 56.2, supcon 62.9 / 21.2, gpaco
+66.4 / 44.8, bcl 91.1 / 78.2. They are not in the assertion until a recipe shows them helping; the
+numbers before the change are below.
 
 The recipe, the same for all four: the base recipe with lr 0.025 (the LDAM-DRW protocol's 0.1 at
 batch 128, per image, at the base recipe's batch 32) for 30 epochs. The contrastive methods see two
@@ -24,14 +31,14 @@ import pytest
 from support.learning import SEEDS, learn_config, means_table, train_final
 
 RECIPE = {"optim": {"lr": 0.025}, "schedule": {"epochs": 30}}
-VIEWS = {"supcon": "standard,standard", "bcl": "standard,standard,standard", "gpaco": "standard,standard"}
+VIEWS = {"bcl": "standard,standard,standard"}
 MARGIN = 2.0
-"""Points by which each method must beat CE on each metric (observed: supcon +4 on top-1 and +5 on
-few-shot, gpaco +16 and +46, bcl +33 and +60)."""
+"""Points by which BCL must beat CE on each metric (observed: +11.7 on top-1 and +22 on few-shot;
+before the Kaiming classifier start, +33 and +60)."""
 
 
 @pytest.mark.slow
-def test_contrastive_methods_beat_cross_entropy_on_balanced_and_few_shot_accuracy(tmp_path, learn_data):
+def test_bcl_beats_cross_entropy_on_balanced_and_few_shot_accuracy(tmp_path, learn_data):
     card, data = learn_data
     runs = {"ce": [train_final(learn_config(card, data, seed, **RECIPE), tmp_path / f"ce_{seed}") for seed in SEEDS]}
     for name, views in VIEWS.items():
