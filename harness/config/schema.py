@@ -117,6 +117,11 @@ class ScheduleConfig:
     gamma: float = 0.01
     """Step decay: the lr is multiplied by gamma^k after the k-th milestone (0.01 then 0.0001)."""
 
+    def __post_init__(self):
+        for key, value in (("epochs", self.epochs), ("warmup_epochs", self.warmup_epochs)):
+            if value < 0:
+                raise ConfigError(f"key 'schedule.{key}' must be >= 0, got {value}")
+
 
 @dataclass
 class DistConfig:

@@ -422,6 +422,8 @@ class Cutout:
     size defaults to half the image side (16 px on CIFAR)."""
 
     def __init__(self, size: int | None = None):
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ConfigError(f"cutout size must be a whole number of pixels >= 1 (unset: half the side), got {size!r}")
         self.size = size
 
     def __call__(self, batch: Batch, g: torch.Generator) -> Batch:

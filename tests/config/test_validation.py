@@ -27,6 +27,8 @@ BAD = [  # (what the grid sets, the key the error names, what else it must say)
     ("data: {dataset: imagenet21k}", "data.dataset", "imagenet21k"),
     ("model: {name: resnet1000}", "model.name", "resnet1000"),
     ("stage: {kind: crt, epochs: 0}", "stage.epochs", "got 0"),
+    ("aug: {name: standard+cutout, params: {cutout: {size: -3}}}", "aug.params.cutout.size", "-3"),
+    ("schedule: {warmup_epochs: -2}", "schedule.warmup_epochs", "-2"),
 ]
 
 
