@@ -156,7 +156,7 @@ class Killer(threading.Thread):
         try:
             while not self.done and not self.stopping.is_set():
                 if self.rng.random() < self.checkpoint_share:
-                    self.kill_on_checkpoint(inotify, timeout=10)
+                    self.kill_on_checkpoint(inotify, timeout=3)  # short: a missed write gives way to a random kill
                 else:
                     self.kill_at_random()
         finally:
@@ -176,7 +176,7 @@ class Killer(threading.Thread):
         return found
 
     def kill_at_random(self) -> None:
-        self.stopping.wait(self.rng.uniform(0.3, 3.0))
+        self.stopping.wait(self.rng.uniform(0.2, 1.5))
         running = self.running()
         if running:
             run_dir, pid = self.rng.choice(running)
