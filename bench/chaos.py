@@ -156,9 +156,9 @@ class Killer(threading.Thread):
         try:
             while not self.done and not self.stopping.is_set():
                 if self.rng.random() < self.checkpoint_share:
-                    self.kill_on_checkpoint(inotify, timeout=3)  # short: a missed write gives way to a random kill
+                    self.kill_on_checkpoint(inotify)
                 else:
-                    self.kill_at_random()
+                    self.kill_at_random(inotify)
         finally:
             inotify.close()
 
@@ -175,24 +175,34 @@ class Killer(threading.Thread):
                 found.append((state_file.parent, int(pid)))
         return found
 
-    def kill_at_random(self) -> None:
-        self.stopping.wait(self.rng.uniform(0.2, 1.5))
-        running = self.running()
-        if running:
-            run_dir, pid = self.rng.choice(running)
-            self.kill(pid, run_dir, "random moment")
+    def kill_at_random(self, inotify: Inotify) -> None:
+        """Once a cell runs, wait a random moment and kill a cell still running (or, if one starts
+        writing a checkpoint first, that one). Waiting for a running cell rather than a fixed pause,
+        and never letting a checkpoint write pass, keep the supply of kills: a killed cell has work
+        to redo, so the sweep cannot end while the killer is still short of its target."""
+        while not self.stopping.is_set() and not self.running():
+            self.stopping.wait(0.05)
+        if not self.kill_on_checkpoint(inotify, timeout=self.rng.uniform(0.0, 0.5)):
+            running = self.running()
+            if running:
+                run_dir, pid = self.rng.choice(running)
+                self.kill(pid, run_dir, "random moment")
 
-    def kill_on_checkpoint(self, inotify: Inotify, timeout: float) -> None:
+    def kill_on_checkpoint(self, inotify: Inotify, timeout: float = float("inf")) -> bool:
+        """Kill the next cell that starts writing a checkpoint within `timeout` s. Every epoch ends
+        with a write and a kill makes its cell redo an epoch, so without a timeout one always comes."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self.stopping.is_set():
+        inotify.created(0)  # drop what was created before: those writes are over
+        while not self.stopping.is_set() and time.monotonic() < deadline:
             for run_dir in self.grid_dir.glob("[0-9a-f]*"):
                 inotify.watch(run_dir / "ckpt")
-            for folder, name in inotify.created(0.2):
+            for folder, name in inotify.created(min(0.05, max(0.0, deadline - time.monotonic()))):
                 match = CHECKPOINT_TEMP.fullmatch(name)
                 if match and folder is not None:
                     self.kill(int(match.group(2)), folder.parent, f"writing a checkpoint ({match.group(1)}.pt)",
                               temp=name)
-                    return
+                    return True
+        return False
 
     def kill(self, pid: int, run_dir: Path | None, moment: str, temp: str | None = None) -> None:
         try:
