@@ -49,3 +49,12 @@ def master_port(job_id: str | None) -> int:
         return 29500
     digits = "".join(ch for ch in job_id if ch.isdigit()) or "0"
     return 20000 + int(digits[-6:]) % 20000
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (what `srun --cpus-per-task`, `taskset`
+    or a container allows), not every CPU of the machine that `os.cpu_count()` counts."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no affinity on this platform (macOS)
+        return os.cpu_count() or 1

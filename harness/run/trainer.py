@@ -27,7 +27,7 @@ from harness.run.optim import build_optimizer, lr_factor, peak_lr
 from harness.run.record import Recorder
 from harness.run.wrap import Precision, choose_precision, uses_deepspeed, wrap
 from harness.rundir import RunDir
-from harness.stages import stage_config, stage_data, stage_fit, stage_head, stage_hook, stage_model
+from harness.stages import fixed_backbone, stage_config, stage_data, stage_fit, stage_head, stage_hook, stage_model
 
 
 class TrainingError(RuntimeError):
@@ -54,6 +54,7 @@ class Trainer:
     gen: torch.Generator         # this rank's augmentation stream
     after_step: Callable         # a second stage's hook after every step (maxnorm's projection), else nothing
     tau_search: dict | None      # tau_norm with tau search: the τ chosen on the validation split (stage_fit)
+    fixed_features: dict         # a second stage on a fixed backbone: its features of each evaluation split, kept
     checkpoint: Checkpointer
     record: Recorder
     epoch: int                   # epochs finished
@@ -86,6 +87,7 @@ class Trainer:
         self.steps_per_epoch = len(self.data.train)
         self.model, self.net = wrap(model, self.optimizer, cfg, self.env, self.steps_per_epoch * cfg.schedule.epochs)
         self.tau_search = stage_fit(self.run_config, self.model, self.data.val, self.features)  # tau_norm's τ on val
+        self.fixed_features = {}
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1000 + self.env.rank)
         self.epoch, self.step_in_epoch, self.history, self.epoch_loss = 0, 0, [], (0.0, 0)
         self.stop_requested = False
@@ -160,9 +162,9 @@ class Trainer:
         self.net.eval()
         c, k = self.data.card.num_classes, getattr(self.model, "num_experts", 0)
         confusion = torch.zeros((1 + k) * c * c, device=self.device)  # the prediction's, then each expert's
-        for x, y in loader or self.data.test:
+        for x, y in self.eval_batches(loader or self.data.test):
             with self.precision.autocast():
-                logits, _ = self.net(self.inputs(x))
+                logits, _ = self.net(x)
             preds = self.criterion.adjust_logits(logits.float()).argmax(1).unsqueeze(0)
             if k:  # expert logits [B, K, C]
                 preds = torch.cat([preds, logits.argmax(2).T])
@@ -173,6 +175,18 @@ class Trainer:
         if experts:
             metrics["experts"] = [{m: e[m] for m in METRICS} for e in experts]
         return metrics
+
+    def eval_batches(self, loader):
+        """The model's inputs and labels of `loader`'s batches. A second stage on a fixed backbone
+        (frozen with its BatchNorm in eval mode: crt, linear, maxnorm, ldmlr) gets the backbone's
+        features instead, computed at the first evaluation and kept, since they cannot change: the
+        frozen module passes them through (stages.Frozen), and ldmlr's 400 epochs do not run the
+        backbone over the test set 400 times."""
+        if not fixed_backbone(self.model):
+            return ((self.inputs(x), y) for x, y in loader)
+        if id(loader) not in self.fixed_features:
+            self.fixed_features[id(loader)] = [(self.features(x), y) for x, y in loader]
+        return self.fixed_features[id(loader)]
 
     @torch.no_grad()
     def test_logits(self, x: torch.Tensor) -> torch.Tensor:

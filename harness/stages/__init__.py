@@ -51,6 +51,7 @@ from harness.stages.decoupled import (
     choose_tau,
     first_stage_config,
     first_stage_dir,
+    fixed_backbone,
     load_first_stage,
     tau_hits,
     tau_normalise,
@@ -58,8 +59,8 @@ from harness.stages.decoupled import (
 from harness.stages.ldmlr import feature_data
 from harness.stages.maxnorm import MaxNorm
 
-__all__ = ["Frozen", "check_stage", "first_stage_config", "first_stage_dir", "load_first_stage", "stage_config",
-           "stage_data", "stage_fit", "stage_head", "stage_hook", "stage_model", "tau_normalise"]
+__all__ = ["Frozen", "check_stage", "first_stage_config", "first_stage_dir", "fixed_backbone", "load_first_stage",
+           "stage_config", "stage_data", "stage_fit", "stage_head", "stage_hook", "stage_model", "tau_normalise"]
 
 OPTIMIZER = {"ldmlr": "adam"}
 """A kind's optimizer, where it is not the first stage's (LDMLR fine_tune_tr.py: torch.optim.Adam)."""

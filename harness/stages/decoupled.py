@@ -150,6 +150,13 @@ class Frozen(nn.Module):
             return self.module(x)
 
 
+def fixed_backbone(model: nn.Module) -> bool:
+    """Whether `model`'s backbone computes the same features for an image at every epoch: Frozen,
+    its BatchNorm statistics kept (not cRT's stage.bn train, whose statistics move)."""
+    backbone = getattr(model, "backbone", None)
+    return isinstance(backbone, Frozen) and not backbone.bn_train
+
+
 def tau_normalise(weight: torch.Tensor, tau: float) -> torch.Tensor:
     """w_j / ||w_j||^τ for every class row j (Kang et al. 2020, eq. 3)."""
     return weight / weight.norm(dim=1, keepdim=True).clamp_min(1e-12).pow(tau)

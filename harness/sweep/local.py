@@ -22,6 +22,7 @@ import submitit
 from harness.rundir import RunDir
 from harness.sweep.job import TrainJob
 from harness.sweep.snapshot import Snapshot
+from harness.topology import usable_cpus
 
 
 def run_debug(run_dirs: list[Path], after: dict | None = None) -> None:
@@ -62,7 +63,7 @@ def run_local(run_dirs: list[Path], folder: Path, parallel: int = 1, timeout_min
     starts once its first stages (`after`) are done. Ctrl-C stops them with a checkpoint."""
     executor = submitit.LocalExecutor(folder=str(folder))
     executor.update_parameters(timeout_min=timeout_min)
-    os.environ["LT_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+    os.environ["LT_THREADS"] = str(max(1, usable_cpus() // parallel))
     after = after or {}
     queue, running, offsets = list(run_dirs), {}, {}
     try:

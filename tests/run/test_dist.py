@@ -183,6 +183,15 @@ def test_topology_from_torchrun_and_slurm_variables():
     assert first_host("vm") == "vm"
 
 
+
+def test_a_process_confined_to_one_cpu_counts_one_usable_cpu():
+    """usable_cpus (the local backend divides it among its cells) reads the affinity mask that srun
+    --cpus-per-task or taskset sets, not the machine's CPU count."""
+    code = "from harness.topology import usable_cpus; print(usable_cpus())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2], preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+    assert out.stdout.strip() == "1", out.stdout
+
 def test_global_batch_must_split_evenly_over_the_ranks(tmp_path, tiny_card, data_root):
     cfg = cell_config(tiny_card, data_root)
     with pytest.raises(ConfigError, match=r"optim.batch_size 128 .* world size 3"):

@@ -551,3 +551,16 @@ def test_the_decoupled_grid_runs_kangs_protocol_on_its_own_first_stages():
             run.schedule.epochs, run.schedule.decay) == ("train", "best", "auto", 5e-4, 0.05, 10, "cosine")
     tau = next(c for c in seconds if c.stage.kind == "tau_norm")
     assert (tau.stage.tau, tau.stage.from_epoch, tau.data.val) == ("search", "best", "split")
+
+
+def test_a_frozen_stage_runs_the_backbone_over_the_test_set_once_and_evaluates_as_the_images_would(decoupled):
+    folder, _, runs = decoupled
+    trainer = Trainer(RunDir(runs["maxnorm"]).read_config(), folder / "runs" / "g" / "evaluate_twice")
+    calls = []
+    trainer.model.backbone.module.register_forward_hook(lambda *_: calls.append(1))
+    first = trainer.evaluate()
+    once = len(calls)
+    assert once == len(trainer.data.test) and trainer.evaluate() == first and len(calls) == once
+    with torch.no_grad():  # the images through the whole model, on the balanced test set: top-1 is the hit rate
+        hits = [(trainer.model(trainer.inputs(x))[0].argmax(1) == y).double() for x, y in trainer.data.test]
+    assert first["top1"] == pytest.approx(100 * torch.cat(hits).mean().item(), abs=1e-9)
