@@ -8,7 +8,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: `import harness`
 sys.path.insert(0, str(Path(__file__).parent))  # `import support`
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # tools/test.sh runs the suite on two pytest-xdist workers
-os.environ.setdefault("OMP_NUM_THREADS", "1" if WORKER else "2")  # one thread a worker: two fill two cores
+if WORKER:  # one thread a worker, two fill two cores. Forced: the workers inherit the controller's "2"
+    os.environ["OMP_NUM_THREADS"] = "1"
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 from support import write_card  # noqa: E402
 from support.slurm import *  # noqa: E402,F401,F403  (the slurm_cluster fixture)

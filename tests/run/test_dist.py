@@ -192,6 +192,13 @@ def test_a_process_confined_to_one_cpu_counts_one_usable_cpu():
                          cwd=Path(__file__).resolve().parents[2], preexec_fn=lambda: os.sched_setaffinity(0, {0}))
     assert out.stdout.strip() == "1", out.stdout
 
+
+def test_each_test_worker_trains_on_one_thread():
+    """tools/test.sh's two pytest-xdist workers share two cores: one torch thread each (tests/conftest.py),
+    not the two a worker inherits from the controller, which oversubscribe the cores."""
+    expected = 1 if os.environ.get("PYTEST_XDIST_WORKER") else int(os.environ["OMP_NUM_THREADS"])
+    assert torch.get_num_threads() == expected
+
 def test_global_batch_must_split_evenly_over_the_ranks(tmp_path, tiny_card, data_root):
     cfg = cell_config(tiny_card, data_root)
     with pytest.raises(ConfigError, match=r"optim.batch_size 128 .* world size 3"):
