@@ -22,7 +22,7 @@ import submitit
 from harness.rundir import RunDir
 from harness.sweep.job import TrainJob
 from harness.sweep.snapshot import Snapshot
-from harness.topology import usable_cpus
+from harness.topology import environment, usable_cpus
 
 
 def run_debug(run_dirs: list[Path], after: dict | None = None) -> None:
@@ -63,7 +63,7 @@ def run_local(run_dirs: list[Path], folder: Path, parallel: int = 1, timeout_min
     starts once its first stages (`after`) are done. Ctrl-C stops them with a checkpoint."""
     executor = submitit.LocalExecutor(folder=str(folder))
     executor.update_parameters(timeout_min=timeout_min)
-    os.environ["LT_THREADS"] = str(max(1, usable_cpus() // parallel))
+    threads = {"LT_THREADS": str(max(1, usable_cpus() // parallel))}  # the cells share the CPUs
     after = after or {}
     queue, running, offsets = list(run_dirs), {}, {}
     try:
@@ -73,7 +73,7 @@ def run_local(run_dirs: list[Path], folder: Path, parallel: int = 1, timeout_min
                 queue.remove(run_dir)
                 if not first_stages_finished(run_dir, after.get(run_dir, [])):
                     continue
-                with snapshot.active() if snapshot else contextlib.nullcontext():
+                with snapshot.active() if snapshot else contextlib.nullcontext(), environment(threads):
                     job = executor.submit(TrainJob(run_dir))
                 fields = {"backend": "local", "log": str(job.paths.stdout), "log_err": str(job.paths.stderr),
                           "code": snapshot.hash if snapshot else None, "after": [], "script": None}

@@ -28,12 +28,11 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.files import CODE_INFO
+from harness.topology import environment
 
 PACKAGE = Path(__file__).resolve().parents[1]
 """The harness package this process runs: what a snapshot copies."""
@@ -53,19 +52,9 @@ class Snapshot:
         return {"PYTHONPATH": os.pathsep.join([str(self.path)] + ([inherited] if inherited else [])),
                 "PYTHONSAFEPATH": "1"}
 
-    @contextmanager
-    def active(self) -> Iterator[None]:
+    def active(self):
         """The environment of this process set for the jobs it starts meanwhile (they inherit it)."""
-        old = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONSAFEPATH")}
-        os.environ.update(self.environment())
-        try:
-            yield
-        finally:
-            for key, value in old.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        return environment(self.environment())
 
     def setup_lines(self) -> list[str]:
         """Job-script lines with the same effect, for SLURM (visible in --dry-run's sbatch scripts)."""

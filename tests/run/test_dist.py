@@ -36,7 +36,7 @@ from harness.registry import ConfigError
 from harness.run.trainer import Trainer
 from harness.run.wrap import COMPILE_MIN_STEPS, Precision, choose_precision, compiles, native_bf16
 from harness.rundir import RunDir
-from harness.topology import Topology, first_host, master_port, topology
+from harness.topology import Topology, environment, first_host, master_port, topology
 from support import ROOT
 from support.dist_worker import run_steps
 
@@ -192,6 +192,16 @@ def test_a_process_confined_to_one_cpu_counts_one_usable_cpu():
                          cwd=Path(__file__).resolve().parents[2], preexec_fn=lambda: os.sched_setaffinity(0, {0}))
     assert out.stdout.strip() == "1", out.stdout
 
+
+
+def test_a_sweeps_environment_for_its_jobs_is_undone_after(monkeypatch):
+    """What the local backend sets for the cells it starts (LT_THREADS, the snapshot's PYTHONPATH)
+    does not stay in the submitting process, where a later in-process run would take it."""
+    monkeypatch.setenv("PYTHONPATH", "/mine")
+    monkeypatch.delenv("LT_THREADS", raising=False)
+    with environment({"LT_THREADS": "1", "PYTHONPATH": "/snapshot"}):
+        assert (os.environ["LT_THREADS"], os.environ["PYTHONPATH"]) == ("1", "/snapshot")
+    assert "LT_THREADS" not in os.environ and os.environ["PYTHONPATH"] == "/mine"
 
 def test_each_test_worker_trains_on_one_thread():
     """tools/test.sh's two pytest-xdist workers share two cores: one torch thread each (tests/conftest.py),
