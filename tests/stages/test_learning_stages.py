@@ -31,7 +31,6 @@ there) and in bf16 forced on the same CPU:
 from pathlib import Path
 
 import pytest
-import torch
 
 from harness.config import signature
 from support.learning import SEEDS, learn_config, means_table, train_final
@@ -42,16 +41,6 @@ MARGIN = 3.0
 LDMLR = {"kind": "ldmlr", "ldmlr": {"hidden": 256}}
 
 
-@pytest.fixture
-def one_thread():
-    """One thread: these small models train as fast on one core as on two, and a bf16 run on two
-    threads slows down several times when other processes share the cores (observed 7x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(card, data, runs: Path, seed: int, stage: dict | None = None) -> dict:
     """One run in runs/<signature>, where a second stage finds its first."""
     cfg = learn_config(card, data, seed, optim={"weight_decay": 2e-4}, **({"stage": stage} if stage else {}))
@@ -59,8 +48,7 @@ def run(card, data, runs: Path, seed: int, stage: dict | None = None) -> dict:
 
 
 @pytest.mark.slow
-def test_weight_balancing_and_ldmlr_beat_cross_entropy_on_balanced_and_few_shot_accuracy(tmp_path, learn_data,
-                                                                                         one_thread):
+def test_weight_balancing_and_ldmlr_beat_cross_entropy_on_balanced_and_few_shot_accuracy(tmp_path, learn_data):
     card, data = learn_data
     runs = {"ce": [], "weight balancing (maxnorm)": [], "ldmlr": []}
     for seed in SEEDS:
