@@ -1,14 +1,12 @@
 """The tail generator on a real tiny random-weight Stable Diffusion pipeline, built offline."""
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from harness.generate import (
     GenerateConfig,
@@ -29,22 +27,11 @@ from harness.generate import (
 from harness.generate.model import as_img2img
 from harness.generate.run import generate_batch, image_path, row_path
 from harness.registry import ConfigError
+from support.learning import one_thread
 
 CIFAR10_IF100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 CLASSES = ["dog", "cat", "ship"]
 COUNTS = [4, 3, 0]  # 7 images; with batch_size 2: batches c0[0,1] c0[2,3] c1[0,1] c1[2]
-
-
-@contextlib.contextmanager
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two OpenMP threads spin against each
-    other and run ~10x slower. Results are compared within this process, so this is safe."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
