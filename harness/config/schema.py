@@ -70,6 +70,11 @@ class ModelConfig:
     experts: one scaled cosine head per expert of a multi-expert model, for ride and sade)."""
     params: dict = field(default_factory=dict, metadata=SIGNATURE_IF_SET)
     """Parameters of the backbone's builder (resnet32_experts: num_experts, reduce_dimension)."""
+    head_init: Literal["auto", "kaiming", "torch"] = field(default="auto", metadata=SIGNATURE_IF_SET)
+    """How the linear classifier the run trains from scratch starts: auto as its loss's authors' code
+    starts it (Loss.head_init: Kaiming as LDAM-DRW's ResNet-32, nn.Linear's default as SupContrast's
+    and GPaCo's; a second stage's new head as harness.stages.NEW_HEAD_INIT), kaiming or torch to
+    give every loss of a grid the same start (an ablation without the init as a confound)."""
     channels_last: bool = True
     """Compute in the channels_last memory format (faster on GPUs and on these CPUs: bench/precision.py)."""
     compile: bool | Literal["auto"] = field(default="auto", metadata=NOT_IN_SIGNATURE)

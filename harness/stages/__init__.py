@@ -20,7 +20,8 @@ with its first (harness.stages.decoupled). The one trainer asks this package for
   Kang et al.'s code, the statistics move); crt and linear train a new head, maxnorm and ldmlr the
   first stage's head, and tau_norm sets the head to the first stage's τ-normalised weights with no
   bias (as Kang et al.'s τ-norm code computes logits f·w̃ᵀ), or with tau search to its plain weights.
-- `stage_head(cfg, options)`: how the model's head starts (a second stage's new head as NEW_HEAD_INIT).
+- `stage_head(cfg, options)`: how the model's head starts (`model.head_init`; by default a second
+  stage's new head as NEW_HEAD_INIT).
 - `stage_data(cfg, run_dir, data, model, env)`: the training batches. ldmlr's are features
   (harness.stages.ldmlr), which the frozen backbone passes through; evaluation stays on the
   test images, through backbone and head.
@@ -91,7 +92,10 @@ def stage_config(cfg: RunConfig) -> RunConfig:
 
 def stage_head(cfg: RunConfig, options: dict) -> dict:
     """The model options (harness.models.loss_options of the stage's loss) a run builds its model
-    with: a second stage's head starts as NEW_HEAD_INIT says."""
+    with: its head starts as `model.head_init` says, or when auto, a second stage's new head as
+    NEW_HEAD_INIT says and a first stage's as its loss does."""
+    if cfg.model.head_init != "auto":
+        return {**options, "head_init": cfg.model.head_init}
     return options if cfg.stage.kind == "train" else {**options, "head_init": NEW_HEAD_INIT}
 
 

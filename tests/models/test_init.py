@@ -68,6 +68,34 @@ def test_a_second_stages_new_classifier_is_a_plain_nn_linear():
     assert sigmoid["sigmoid"] and sigmoid["head_init"] == "torch"  # the prior bias stays
 
 
+@pytest.mark.parametrize("kind", ["train", "crt"])
+def test_model_head_init_gives_every_loss_the_same_start(kind):
+    for loss, setting, expected in (("ce", "torch", "torch"), ("supcon", "kaiming", "kaiming"),
+                                    ("gpaco", "auto", "torch"),
+                                    ("ce", "auto", "kaiming" if kind == "train" else "torch")):
+        cfg = from_dict(RunConfig, {"model": {"head_init": setting}, "stage": {"kind": kind}})
+        assert stage_head(cfg, loss_options(LOSSES.get(loss)))["head_init"] == expected, (loss, setting, kind)
+    with pytest.raises(ConfigError, match="head_init"):
+        from_dict(RunConfig, {"model": {"head_init": "xavier"}})
+
+
+def test_model_head_init_reaches_the_trainers_model_and_moves_the_signature_only_when_set(tmp_path, tiny_card):
+    from harness.config import signature
+    from harness.run.trainer import Trainer
+    base = {"data": {"dataset": str(tiny_card), "root": str(tmp_path / "data"), "loader": "memory",
+                     "imbalance_factor": 10}, "model": {"name": "resnet8"}, "schedule": {"epochs": 0}}
+    auto = from_dict(RunConfig, base)
+    assert signature(auto) == signature(from_dict(RunConfig, {**base, "model": {"name": "resnet8", "head_init": "auto"}}))
+    stds = {}
+    for setting in ("auto", "torch"):
+        cfg = from_dict(RunConfig, {**base, "model": {"name": "resnet8", "head_init": setting}})
+        torch.manual_seed(0)
+        stds[setting] = float(Trainer(cfg, tmp_path / setting).model.head.weight.std())
+    assert signature(from_dict(RunConfig, {**base, "model": {"name": "resnet8", "head_init": "torch"}})) != signature(auto)
+    assert stds["auto"] == pytest.approx(math.sqrt(2 / 64), rel=0.2)  # ce: Kaiming, 640 weights
+    assert stds["torch"] == pytest.approx(math.sqrt(1 / (3 * 64)), rel=0.2)
+
+
 def test_cosine_class_vectors_start_at_unit_norm():
     torch.manual_seed(0)
     w = CosineHead(64, 100).weight
