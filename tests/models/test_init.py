@@ -84,14 +84,13 @@ def test_model_head_init_reaches_the_trainers_model_and_moves_the_signature_only
     from harness.run.trainer import Trainer
     base = {"data": {"dataset": str(tiny_card), "root": str(tmp_path / "data"), "loader": "memory",
                      "imbalance_factor": 10}, "model": {"name": "resnet8"}, "schedule": {"epochs": 0}}
-    auto = from_dict(RunConfig, base)
-    assert signature(auto) == signature(from_dict(RunConfig, {**base, "model": {"name": "resnet8", "head_init": "auto"}}))
+    configs = {setting: from_dict(RunConfig, {**base, "model": {"name": "resnet8", "head_init": setting}})
+               for setting in ("auto", "torch")}
+    assert signature(configs["auto"]) == signature(from_dict(RunConfig, base)) != signature(configs["torch"])
     stds = {}
-    for setting in ("auto", "torch"):
-        cfg = from_dict(RunConfig, {**base, "model": {"name": "resnet8", "head_init": setting}})
+    for setting, cfg in configs.items():
         torch.manual_seed(0)
         stds[setting] = float(Trainer(cfg, tmp_path / setting).model.head.weight.std())
-    assert signature(from_dict(RunConfig, {**base, "model": {"name": "resnet8", "head_init": "torch"}})) != signature(auto)
     assert stds["auto"] == pytest.approx(math.sqrt(2 / 64), rel=0.2)  # ce: Kaiming, 640 weights
     assert stds["torch"] == pytest.approx(math.sqrt(1 / (3 * 64)), rel=0.2)
 
