@@ -25,10 +25,10 @@ top-1): 30 epochs are short for gpaco, whose sample similarities over its temper
 its softmax early (its top-1 still rose from 43 to 71 over epochs 19-24 of a fp32 run). The previous
 version of this test compared them with the Kaiming CE and asserted bcl only.
 
-The recipe, the same for all: the base recipe with lr 0.025 (the LDAM-DRW protocol's 0.1 at batch
-128, per image, at the base recipe's batch 32) for 30 epochs. The contrastive methods see two (BCL:
-three) draws of the base recipe's augmentation (`aug.name: "standard,standard"`), so they differ from
-CE in their loss and their views only; each loss at its published defaults.
+The recipe, the same for all: support.learning.SCALED, the base recipe with lr 0.025 (the LDAM-DRW
+protocol's 0.1 at batch 128, per image, at the base recipe's batch 32) for 30 epochs. The contrastive
+methods see two (BCL: three) draws of the base recipe's augmentation (`aug.name: "standard,standard"`),
+so they differ from CE in their loss and their views only; each loss at its published defaults.
 
 Why not the base recipe (lr 0.1, 15 epochs). Measured on this set before the Kaiming start (means of
 seeds 0 and 1, top-1 / few-shot): CE 62.4 / 28.0, supcon 55.2 / 12.3, bcl 52.8 / 46.3, gpaco 50.3 /
@@ -40,9 +40,8 @@ At lr 0.1 for 30 epochs CE almost solves the set (93.0 / 85.5) and nothing separ
 import pytest
 
 from harness.losses import LOSSES
-from support.learning import SEEDS, learn_config, means_table, train_final
+from support.learning import SCALED, SEEDS, learn_config, means_table, train_final
 
-RECIPE = {"optim": {"lr": 0.025}, "schedule": {"epochs": 30}}
 VIEWS = {"supcon": "standard,standard", "bcl": "standard,standard,standard", "gpaco": "standard,standard"}
 """Each method with the views it contrasts: two draws of the base augmentation (BCL: a classification
 view and two contrastive views)."""
@@ -61,10 +60,10 @@ def test_supcon_bcl_and_gpaco_beat_cross_entropy_from_the_same_start(tmp_path, l
     card, data = learn_data
     runs = {}
     for init in sorted({start(name) for name in VIEWS}):
-        runs[f"ce ({init})"] = [train_final(learn_config(card, data, seed, model={"head_init": init}, **RECIPE),
+        runs[f"ce ({init})"] = [train_final(learn_config(card, data, seed, model={"head_init": init}, **SCALED),
                                             tmp_path / f"ce_{init}_{seed}") for seed in SEEDS]
     for name, views in VIEWS.items():
-        runs[name] = [train_final(learn_config(card, data, seed, loss={"name": name}, aug={"name": views}, **RECIPE),
+        runs[name] = [train_final(learn_config(card, data, seed, loss={"name": name}, aug={"name": views}, **SCALED),
                                   tmp_path / f"{name}_{seed}") for seed in SEEDS]
     means, report = means_table(runs)
     print(f"\ncontrastive learning test, mean of seeds {SEEDS}:\n{report}")
