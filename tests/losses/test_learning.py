@@ -3,17 +3,15 @@ tests/support/learning.py), on the CPU, ldam_drw, balanced_softmax and logit_adj
 cross-entropy on balanced top-1 and few-shot accuracy, averaged over two seeds. DRW re-weights from
 80 % of the run (drw_frac's default).
 
-The recipe is support.learning.SCALED (lr 0.025 at batch 32, LDAM-DRW's lr per image, 30 epochs).
-Until it, this test ran the base recipe (lr 0.1, 15 epochs), where LDAM-DRW's cosine head sits on the
-head classes for up to nine epochs in some seeds and the last epoch lands anywhere: CI (Intel, AMX,
-bf16) saw ldam_drw 72.2 top-1 (seeds 86.4 and 58.0) against CE's 73.0 and failed.
+The recipe is support.learning.SCALED (its docstring says why). On the base recipe (lr 0.1, 15
+epochs) CI (Intel, AMX, bf16) saw ldam_drw 72.2 top-1 (seeds 86.4 and 58.0) against CE's 73.0.
 
 Measured on a 2-core AMD EPYC with AVX512-BF16 (means of seeds 0 and 1, top-1 / few-shot):
 
 | method | bf16 (auto) | fp32 |
 | --- | --- | --- |
-| ce | 79.4 / 56.3 | 77.1 / 54.3 |
-| ldam_drw | 90.1 / 75.3 | 89.8 / 75.0 |
+| ce | 79.4 / 56.2 | 77.1 / 54.3 |
+| ldam_drw | 90.1 / 75.2 | 89.8 / 75.0 |
 | balanced_softmax | 88.0 / 81.0 | 87.1 / 75.0 |
 | logit_adjust | 88.0 / 81.0 | 87.1 / 75.0 |
 
