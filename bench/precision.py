@@ -31,7 +31,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from harness.files import atomic_write_json  # noqa: E402
 from harness.models import build_model  # noqa: E402
-from harness.run.wrap import native_bf16  # noqa: E402
+from harness.run.wrap import bf16_pays, cpu_info, native_bf16  # noqa: E402
 
 STEPS_PER_EPOCH = 97  # CIFAR-10-LT at IF 100 (12406 images) at batch 128
 
@@ -104,7 +104,9 @@ def main(argv=None) -> int:
             extra = row["warmup_s"] - eager["warmup_s"]
             row["compile_s"] = extra
             row["break_even_epochs"] = extra / gain if gain > 0 else None
-    print(f"{args.model}, batch {args.batch}, {args.threads} threads, native bf16: {native_bf16()}; "
+    vendor, flags = cpu_info()
+    print(f"{args.model}, batch {args.batch}, {args.threads} threads, {vendor or 'CPU'} with native bf16: "
+          f"{native_bf16()}, AMX: {'amx_bf16' in flags}, auto takes bf16: {bf16_pays(vendor, flags)}; "
           f"median of {args.steps * args.rounds} steps each, alternating")
     print(f"{'contender':<32}{'img/s':>8}{'vs fp32 NCHW':>14}")
     for row in rows:
@@ -115,7 +117,8 @@ def main(argv=None) -> int:
                 f"   compile {row['compile_s']:.0f} s, never pays"
         print(f"{row['name']:<32}{row['images_per_s']:>8.0f}{row['ratio_to_fp32_nchw']:>14.2f}{extra}")
     result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                          "native_bf16": native_bf16(), "load_average": os.getloadavg()},
+                          "vendor": vendor, "native_bf16": native_bf16(), "amx_bf16": "amx_bf16" in flags,
+                          "auto_takes_bf16": bf16_pays(vendor, flags), "load_average": os.getloadavg()},
               "config": vars(args), "steps_per_epoch_assumed": STEPS_PER_EPOCH, "contenders": rows}
     atomic_write_json(args.out, result, indent=2)
     print(f"wrote {args.out}")

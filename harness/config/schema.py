@@ -137,8 +137,9 @@ class DistConfig:
     sync_bn: bool = False
     """SyncBatchNorm across ranks (GPUs only)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32; fp32 and bf16
-    force it (DDP and DeepSpeed alike). The paper-protocol grids pin fp32."""
+    """auto: bf16 autocast on CUDA and on CPUs where it was measured to pay (AMX; AVX512-BF16 on AMD:
+    harness.run.wrap.bf16_pays), else fp32; fp32 and bf16 force it (DDP and DeepSpeed alike). The
+    paper-protocol grids pin fp32."""
     timeout_s: int = field(default=600, metadata=NOT_IN_SIGNATURE)
     """Collective timeout: a dead rank ends the job instead of hanging it."""
 

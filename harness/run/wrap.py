@@ -44,26 +44,42 @@ class Precision:
 
 
 @functools.cache
-def native_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX on x86, BF16 on Arm), as
-    torch's CPU kernels detect it, or else as /proc/cpuinfo lists it."""
-    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if any(probe() for probe in probes if probe is not None):
-        return True
+def cpu_info() -> tuple[str, frozenset]:
+    """This CPU's vendor and feature flags as /proc/cpuinfo lists them (torch's AVX512-BF16 and
+    AMX probes added); ("", {}) where there is no /proc/cpuinfo."""
     try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
+        words = Path("/proc/cpuinfo").read_text().split()
     except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+        words = []
+    probes = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported"}
+    probed = {flag for flag, name in probes.items() if getattr(torch.cpu, name, lambda: False)()}
+    vendor = next((w for w in words if w in ("GenuineIntel", "AuthenticAMD")), "")
+    return vendor, frozenset(words) | probed
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX on x86, BF16 on Arm)."""
+    return bool(cpu_info()[1] & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def bf16_pays(vendor: str, flags: frozenset | set) -> bool:
+    """Whether `dist.precision: auto` takes bf16 autocast on a CPU with these flags: where
+    bench/precision.py measured ResNet-32 training steps (batch 128) faster in bf16 than in fp32,
+    both in channels_last. Intel Xeon with AMX: 384 against 208 img/s (issue 14's table); AMD EPYC
+    with AVX512-BF16: 498 against 330 (bench/results/precision.json). Not on an Intel Xeon with
+    AVX512-BF16 and no AMX: its bf16 kernels run (oneDNN's avx512_core_bf16) but lose, 302 against
+    422 img/s (bench/results/precision_intel_no_amx.json), and 1201 against 1528 for the learning
+    tests' narrow ResNet-8 at batch 32. Arm's BF16 is unmeasured: fp32."""
+    return "amx_bf16" in flags or (vendor == "AuthenticAMD" and "avx512_bf16" in flags)
 
 
 def choose_precision(cfg, device: torch.device, deepspeed: bool = False) -> Precision:
-    """dist.precision auto: bf16 autocast on CUDA and on a CPU with native bf16, else fp32; fp32 and
-    bf16 force it. model.channels_last (default true) applies on every device: bench/precision.py
-    measured ResNet-32 steps on this project's CPUs 1.3x faster in channels_last in fp32 and 1.1x in
-    bf16 (bench/results/precision.json); not under DeepSpeed, whose flat buffers view every parameter
-    as contiguous."""
-    auto = device.type == "cuda" or (device.type == "cpu" and native_bf16())
+    """dist.precision auto: bf16 autocast on CUDA and on a CPU where it pays (bf16_pays), else fp32;
+    fp32 and bf16 force it. model.channels_last (default true) applies on every device: bench/precision.py
+    measured ResNet-32 steps on this project's three CPUs 1.05-1.34x faster in channels_last in fp32
+    and 1.03-1.13x in bf16 (issue 14's table, bench/results/precision*.json); not under DeepSpeed,
+    whose flat buffers view every parameter as contiguous."""
+    auto = device.type == "cuda" or (device.type == "cpu" and bf16_pays(*cpu_info()))
     bf16 = cfg.dist.precision == "bf16" or (cfg.dist.precision == "auto" and auto)
     return Precision(device.type, bf16, cfg.model.channels_last and not deepspeed)
 

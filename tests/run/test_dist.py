@@ -34,7 +34,7 @@ from harness.grid import Cell, load_grid
 from harness.models import build_model
 from harness.registry import ConfigError
 from harness.run.trainer import Trainer
-from harness.run.wrap import COMPILE_MIN_STEPS, Precision, choose_precision, compiles, native_bf16
+from harness.run.wrap import COMPILE_MIN_STEPS, Precision, bf16_pays, choose_precision, compiles, cpu_info, native_bf16
 from harness.rundir import RunDir
 from harness.topology import Topology, environment, first_host, master_port, topology
 from support import ROOT
@@ -221,13 +221,18 @@ def test_sync_bn_on_the_cpu_is_refused(tmp_path, tiny_card, data_root):
         Trainer(cfg, tmp_path, env=DistEnv(rank=0, world_size=2))
 
 
-def test_auto_precision_is_bf16_where_the_cpu_has_it_and_fp32_stays_one_key_away(tmp_path):
-    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
-    if flags:  # torch's own probe and the kernel's flags agree
-        assert native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+def test_auto_precision_is_bf16_where_it_pays_on_the_cpu_and_fp32_stays_one_key_away(tmp_path):
+    vendor, flags = cpu_info()
+    words = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    assert native_bf16() == bool((words | flags) & {"avx512_bf16", "amx_bf16", "bf16"})
+    intel, amd = "GenuineIntel", "AuthenticAMD"  # what bench/precision.py measured (bf16_pays)
+    assert bf16_pays(intel, {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    assert bf16_pays(amd, {"avx512f", "avx512_bf16"})
+    assert not bf16_pays(intel, {"avx512f", "avx512_bf16"})  # bf16 kernels that lose to fp32
+    assert not bf16_pays(amd, {"avx2"}) and not bf16_pays("", {"bf16"})  # no bf16; Arm: unmeasured
     cpu = torch.device("cpu")
     auto, fp32 = from_dict(RunConfig, {}), from_dict(RunConfig, {"dist": {"precision": "fp32"}})
-    assert choose_precision(auto, cpu) == Precision("cpu", native_bf16(), True)
+    assert choose_precision(auto, cpu) == Precision("cpu", bf16_pays(vendor, flags), True)
     assert choose_precision(fp32, cpu) == Precision("cpu", False, True)
     nchw = from_dict(RunConfig, {"dist": {"precision": "bf16"}, "model": {"channels_last": False}})
     assert choose_precision(nchw, cpu) == Precision("cpu", True, False)
