@@ -19,10 +19,17 @@ from support.slurm import *  # noqa: E402,F401,F403  (the slurm_cluster fixture)
 
 @pytest.fixture(scope="session")
 def learn_data(tmp_path_factory) -> tuple[Path, Path]:
-    """The learning tests' card (support.learning) and a data root shared by them: generated once."""
-    from support.learning import write_learn_card
-    folder = tmp_path_factory.mktemp("learn")
-    return write_learn_card(folder), folder / "data"
+    """The learning tests' card (support.learning) and a data root shared by them and by every worker
+    of the session, with the runs they train (support.learning.train_final): generated once."""
+    from harness.files import file_lock
+    from support.learning import shared_folder, write_learn_card
+    folder = shared_folder(tmp_path_factory) / "learn"
+    with file_lock(folder.parent / "learn.lock"):
+        card = folder / "learn.yaml"
+        if not card.is_file():
+            folder.mkdir()
+            write_learn_card(folder)
+    return card, folder / "data"
 
 
 @pytest.fixture(scope="session")

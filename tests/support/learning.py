@@ -1,28 +1,38 @@
-"""What the learning tests share: one run of the learnable long-tailed set through the Trainer, and
-the table of the means over seeds.
+"""What the learning tests share: the learnable long-tailed set, its base recipe, its runs trained
+once per session for every test and worker, and the table of the means over seeds.
 
 The set (the `learn_data` fixture of tests/conftest.py): the procedural synthetic card with 300
 training images per class before the imbalance (300 ... 3 at IF 100: 3 many-shot, 3 medium, 4
 few-shot classes) and 50 test images per class. The base recipe: a narrow ResNet-8, batch 32 (23
 steps an epoch; LDAM's margins need the steps), 15 epochs with the LDAM-DRW shape (warm-up, lr
-x0.1 at 80 %), dist.precision auto (bf16 on CPUs that have it). Metrics are the last epoch's.
+x0.1 at 80 %), in fp32. Metrics are the last epoch's.
 
 The warm-up is 3 epochs of LDAM-DRW's per-epoch ramp (lr/3, 2lr/3, lr): its first two epochs give
 the same total lr as the 2-epoch linear ramp from 0 that this recipe had before the ramp became
 per-epoch (issue 15). With 2 epochs of the per-epoch ramp (lr/2, lr) ldam_drw lost about 5 points
 of top-1 on this set (measured, mean of two seeds: 74.0 with the old ramp, 69.2 with lr/2, lr) and
 no longer beat CE.
+
+Why fp32 (dist.precision pinned, not auto). bf16 autocast does not pay for this model at batch 32
+on one thread: 1201 against 1528 img/s in fp32 (channels_last both) on an Intel Xeon with
+AVX512-BF16 and no AMX (bench/results/precision_resnet8_narrow_intel_no_amx.json), whole runs 15-17 s
+in bf16 against 16-19 s in fp32 on an AMD EPYC. And an fp32 run ends where it ended on another CPU:
+on two Intel CPUs, one with AMX, every fp32 mean of the contrastive test's table repeated to the
+decimal, where in bf16 supcon ended at 61.5 top-1 on one and 58.5 on the other (under its margin).
 """
-import shutil
+import fcntl
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from harness.config import RunConfig, from_dict, signature
+from harness.files import read_json
 from harness.grid.validate import validate
 from harness.metrics import METRICS
 from harness.run.trainer import Trainer
+from harness.stages import first_stage_config
 from support import write_card
 
 SEEDS = (0, 1)
@@ -50,15 +60,18 @@ def learn_config(card: Path, data_root: Path, seed: int, **sections) -> RunConfi
         "optim": {"batch_size": 32, "lr": 0.1},
         "schedule": {"epochs": 15, "warmup_epochs": 3, "decay": "step", "milestones": [0.8], "gamma": 0.1},
         "log": {"print_every": 0, "images": False},
+        "dist": {"precision": "fp32"},
     }
     for section, values in sections.items():
         tree[section] = {**tree.get(section, {}), **values} if isinstance(values, dict) else values
     return from_dict(RunConfig, tree)
 
 
-FINALS: dict[str, tuple[dict, Path]] = {}
-"""The finished runs of this session by signature, with their folders: a run two learning tests
-share (a CE baseline at the same recipe) trains once."""
+def shared_folder(tmp_path_factory) -> Path:
+    """A folder that every pytest-xdist worker of this session sees (the parent of the workers' own
+    base folders), or this process's base folder when it runs alone."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @contextmanager
@@ -76,26 +89,46 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def train_final(cfg: RunConfig, run_dir: Path) -> dict:
-    """The last epoch's top-1 and many/medium/few-shot accuracy of one validated run, on one thread
-    (trained once per session: CPU runs repeat exactly). A run trained before by another test is copied to
-    `run_dir`, where a second stage looks for its first."""
-    key = signature(cfg)
-    if key not in FINALS:
-        validate(cfg)
-        with one_thread():
-            final = Trainer(cfg, run_dir).train()["final"]
-        assert final["few"] is not None and final["many"] is not None  # every shot group present
-        FINALS[key] = final, Path(run_dir)
-    final, folder = FINALS[key]
-    if not Path(run_dir).exists():
-        shutil.copytree(folder, run_dir)
+def train_final(cfg: RunConfig, wait: bool = True) -> dict | None:
+    """The last epoch's top-1 and many/medium/few-shot accuracy of one validated run, trained once
+    per session (CPU runs repeat exactly) on one thread, in runs/<signature> beside the card, where a
+    second stage finds its first. Every worker of the session shares that folder: the first to ask
+    trains the run and the others read its result. With `wait` False, None while another trains it."""
+    folder = Path(cfg.data.dataset).parent / "runs" / signature(cfg)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "a") as lock:  # released when closed
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return None
+        if not (folder / "result.json").is_file():
+            validate(cfg)
+            if cfg.stage.kind != "train":  # a second stage: its first stage first (maybe another worker's)
+                train_final(first_stage_config(cfg))
+            with one_thread():
+                Trainer(cfg, folder).train()
+        final = read_json(folder / "result.json")["final"]
+    assert final["few"] is not None and final["many"] is not None  # every shot group present
     return final
 
 
-def means_table(runs: dict) -> tuple[dict, str]:
-    """{method: [final, ...]} -> ({method: {metric: mean over seeds}}, a Markdown table of them)."""
-    means = {name: {m: sum(r[m] for r in rows) / len(rows) for m in METRICS} for name, rows in runs.items()}
+def train_finals(cfgs: list[RunConfig]) -> list[dict]:
+    """train_final of each config: first those that no other worker is training, then the rest,
+    waiting for them, so that two tests that share a run (a CE baseline) keep both cores busy."""
+    finals: dict[int, dict] = {}
+    for wait in (False, True):
+        for i, cfg in enumerate(cfgs):
+            if i not in finals and (final := train_final(cfg, wait)) is not None:
+                finals[i] = final
+    return [finals[i] for i in range(len(cfgs))]
+
+
+def learn(runs: dict[str, list[RunConfig]]) -> tuple[dict, str]:
+    """{method: [config of each seed]} -> ({method: {metric: mean over its seeds}}, a Markdown table
+    of them), every run trained by train_finals."""
+    flat = train_finals([cfg for cfgs in runs.values() for cfg in cfgs])
+    finals = {name: [flat.pop(0) for _ in cfgs] for name, cfgs in runs.items()}
+    means = {name: {m: sum(r[m] for r in rows) / len(rows) for m in METRICS} for name, rows in finals.items()}
     lines = ["| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(f"{row[m]:.1f}" for m in METRICS) + " |" for name, row in means.items()]
     return means, "\n".join(lines)
