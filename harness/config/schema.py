@@ -150,6 +150,10 @@ class LogConfig:
     """Print a progress line every this many steps (0: once per epoch)."""
     images: bool = field(default=True, metadata=NOT_IN_SIGNATURE)
     """Write augmented sample images and figures to TensorBoard."""
+    eval_every: int = field(default=1, metadata=NOT_IN_SIGNATURE)
+    """Evaluate on the test split (and the validation split) every this many epochs and after the
+    last (0: after the last only); the epochs between have no metrics in the history, TensorBoard
+    and progress.json, and the best epoch is chosen among those evaluated."""
 
 
 @dataclass

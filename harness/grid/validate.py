@@ -61,6 +61,8 @@ class Validator:
                            ("schedule.epochs", cfg.schedule.epochs), ("optim.batch_size", cfg.optim.batch_size)):
             if value < 1:
                 self.fail(key, f"must be >= 1, got {value}")
+        if cfg.log.eval_every < 0:
+            self.fail("log.eval_every", f"must be >= 0 (0: after the last epoch only), got {cfg.log.eval_every}")
         self.check_names(cfg)
         check_stage(cfg, self.where)
         self.check_parts(cfg)

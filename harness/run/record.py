@@ -86,8 +86,10 @@ class Recorder:
                  + f" ({row['images_per_s']:.0f} img/s, {row['time_s']:.1f}s)")
         tensorboard.log_epoch(self.writer, row, metrics, self.data.card.classes, self.data.counts,
                               self.cfg.schedule.epochs, figures=self.cfg.log.images)
+        evaluated = [r["top1"] for r in history if r["top1"] is not None]  # log.eval_every
         self.run_dir.write_progress({"epoch": row["epoch"], "epochs": self.cfg.schedule.epochs,
-                                     "top1": row["top1"], "best_top1": max(r["top1"] for r in history)})
+                                     "top1": evaluated[-1] if evaluated else None,
+                                     "best_top1": max(evaluated, default=None)})
 
     def finish(self, result: dict) -> None:
         if not self.main:
@@ -105,7 +107,8 @@ def result(run_dir: RunDir, run_config: RunConfig, data, history: list, last: di
     tau_search: tau_norm's τ chosen on the validation split, {"tau", "split", "val_top1": {τ: %}}
     (harness.stages.stage_fit), else None."""
     select = "val_top1" if data.val is not None else "top1"
-    best = max(history, key=lambda r: r[select], default={"epoch": 0, **last})  # 0 epochs: tau_norm
+    rows = [r for r in history if r.get(select) is not None]  # the epochs evaluated (log.eval_every)
+    best = max(rows, key=lambda r: r[select], default={"epoch": 0, **last})  # 0 epochs: tau_norm
     return {
         "signature": run_dir.name,
         "status": "finished",

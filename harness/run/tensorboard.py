@@ -44,7 +44,8 @@ def figure_epoch(epoch: int, epochs: int) -> bool:
 
 def log_epoch(writer, row: dict, metrics: dict, class_names: list, counts: list, epochs: int,
               figures: bool = True) -> None:
-    """Scalars of one epoch, and the figures on the epochs chosen by figure_epoch."""
+    """Scalars of one epoch, and the figures on the epochs chosen by figure_epoch; `metrics` None:
+    an epoch without evaluation (log.eval_every), its training scalars only."""
     step = row["epoch"]
     writer.add_scalar("train/loss", row["loss"], step)
     writer.add_scalar("train/lr", row["lr"], step)
@@ -54,9 +55,9 @@ def log_epoch(writer, row: dict, metrics: dict, class_names: list, counts: list,
             writer.add_scalar(f"test/{key}", row[key], step)
     for k, expert in enumerate(row.get("experts") or []):  # a multi-expert model
         writer.add_scalar(f"test/expert_{k}/top1", expert["top1"], step)
-    for c, acc in enumerate(metrics["per_class"]):
+    for c, acc in enumerate(metrics["per_class"] if metrics else []):
         writer.add_scalar(f"per_class/{c:03d}_{class_names[c]}", acc, step)
-    if figures and figure_epoch(step, epochs):
+    if metrics and figures and figure_epoch(step, epochs):
         writer.add_figure("figures/per_class_vs_count",
                           per_class_figure(metrics["per_class"], counts, f"epoch {step}"), step)
         if metrics.get("confusion") is not None:

@@ -210,17 +210,21 @@ class Trainer:
         return dist.all_reduce_sum(flag).item() > 0
 
     # -- the outer loop --------------------------------------------------------------------
-    def run_epoch(self) -> dict:
-        """One epoch: train, evaluate, record, checkpoint. Returns the evaluation's metrics."""
+    def run_epoch(self) -> dict | None:
+        """One epoch: train, evaluate (every log.eval_every epochs and after the last), record,
+        checkpoint. Returns the evaluation's metrics, None after an epoch without one."""
         stats = self.train_epoch()
-        metrics = self.evaluate()
-        row = {"epoch": self.epoch + 1, **stats, **{k: metrics[k] for k in METRICS}}
-        if "experts" in metrics:  # a multi-expert model: each expert's top-1, many, medium, few
+        epoch = self.epoch + 1
+        every = self.cfg.log.eval_every
+        evaluates = epoch == self.cfg.schedule.epochs or (every > 0 and epoch % every == 0)
+        metrics = self.evaluate() if evaluates else None
+        row = {"epoch": epoch, **stats, **{k: metrics[k] if metrics else None for k in METRICS}}
+        if metrics and "experts" in metrics:  # a multi-expert model: each expert's top-1, many, medium, few
             row["experts"] = metrics["experts"]
         best = False
-        if self.data.val is not None:  # model selection on a validation split: its best epoch is kept
+        if self.data.val is not None and metrics:  # model selection on a validation split: its best epoch is kept
             row["val_top1"] = self.evaluate(self.data.val)["top1"]
-            best = row["val_top1"] > max((r["val_top1"] for r in self.history), default=-1.0)
+            best = row["val_top1"] > max((r.get("val_top1", -1.0) for r in self.history), default=-1.0)
         self.history.append(row)
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.record.epoch(row, metrics, self.history)

@@ -29,6 +29,7 @@ BAD = [  # (what the grid sets, the key the error names, what else it must say)
     ("stage: {kind: crt, epochs: 0}", "stage.epochs", "got 0"),
     ("aug: {name: standard+cutout, params: {cutout: {size: -3}}}", "aug.params.cutout.size", "-3"),
     ("schedule: {warmup_epochs: -2}", "schedule.warmup_epochs", "-2"),
+    ("log: {eval_every: -1}", "log.eval_every", "-1"),
 ]
 
 

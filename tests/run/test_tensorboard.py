@@ -23,6 +23,7 @@ from harness.config import RunConfig, from_dict
 from harness.console import Progress, track
 from harness.report import report
 from harness.run import tensorboard
+from harness.run.trainer import Trainer
 from support import ROOT, write_grid
 from support.results import FINAL, GRID, result_for
 
@@ -295,3 +296,30 @@ def test_progress_lines_every_n_steps(capsys):
     assert list(track(range(4), desc="items", every=3, log=lines.append)) == [0, 1, 2, 3]
     assert lines[-1] == "items 3/4"
     assert capsys.readouterr().err == ""  # pytest's stderr is no terminal: no bar
+
+
+def test_eval_every_evaluates_those_epochs_and_the_last(tmp_path, tiny_card):
+    """log.eval_every 2 over 3 epochs: epochs 2 and 3 are evaluated, epoch 1 only trains. Its history
+    row has no metrics, TensorBoard its training scalars only, and the best epoch is an evaluated one;
+    eval_every 0 evaluates after the last epoch only."""
+    def run(every: int, name: str) -> dict:
+        cfg = from_dict(RunConfig, {
+            "data": {"dataset": str(tiny_card), "root": str(tmp_path / "data"), "loader": "memory",
+                     "imbalance_factor": 1},
+            "model": {"name": "resnet8"}, "aug": {"name": "none"}, "optim": {"batch_size": 128},
+            "schedule": {"epochs": 3, "warmup_epochs": 0}, "log": {"print_every": 0, "eval_every": every}})
+        return Trainer(cfg, tmp_path / name).train()
+
+    result = run(2, "every2")
+    assert [row["top1"] is not None for row in result["history"]] == [False, True, True]
+    assert result["final"]["top1"] == result["history"][-1]["top1"]
+    assert result["best"]["epoch"] in (2, 3)
+    acc = events(tmp_path / "every2" / "tb")
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
+    assert [e.step for e in acc.Scalars("test/top1")] == [2, 3]
+    assert [e.step for e in acc.Images("figures/confusion")] == [2, 3]  # figures: the evaluated epochs
+    progress = json.loads((tmp_path / "every2" / "progress.json").read_text())
+    assert progress["best_top1"] == max(row["top1"] for row in result["history"][1:])
+    last_only = run(0, "last")
+    assert [row["top1"] is not None for row in last_only["history"]] == [False, False, True]
+    assert last_only["best"]["epoch"] == 3
