@@ -1,7 +1,8 @@
 """A whole epoch of the harness against a hand-written loop doing the same work, on the same data.
 
     harness  Trainer.run_epoch(): the memory loader, `standard` augmentation, the step (bf16
-             autocast and channels_last where the CPU has them: dist.precision auto), evaluation
+             autocast where it pays on the CPU, channels_last: dist.precision auto; eager, as
+             the bare loop, where model.compile auto would compile a 200-epoch run), evaluation
              on the balanced test set, TensorBoard scalars, progress.json and the checkpoint
     bare     the same work written out as one loop: a permutation, index_select batches, the
              same augmentation kernel, normalise, forward, cross-entropy, backward, SGD with the
@@ -209,7 +210,8 @@ def main(argv=None) -> int:
         card = make_data(folder, args.per_class, args.test_per_class)
         cfg = from_dict(RunConfig, {
             "data": {"dataset": str(card), "root": str(folder / "data"), "loader": "memory", "imbalance_factor": 100},
-            "model": {"name": "resnet32"}, "aug": {"name": "standard"},
+            "model": {"name": "resnet32", "compile": False},  # eager, as the bare loop: the same work
+            "aug": {"name": "standard"},
             "schedule": {"epochs": 200, "warmup_epochs": 5},
             "log": {"print_every": 0, "images": False}, "dist": {"precision": args.precision}})
         import contextlib
