@@ -342,31 +342,36 @@ def test_a_run_with_a_validation_split_keeps_its_best_epoch(kang):
         assert all(torch.equal(v, load(runs["train"])["model"][k]) for k, v in best["model"].items())
 
 
-def test_the_best_checkpoint_is_written_at_each_new_best_val_epoch_the_first_of_equals():
+@pytest.mark.parametrize("every, val_top1, saved", [
+    (1, [10.0, 30.0, 20.0, 30.0, 40.0], [True, True, False, False, True]),
+    (2, [10.0, 30.0, 20.0], [False, True, False, True, False]),  # epochs 2, 4 and 5 (the last) evaluated
+])
+def test_the_best_checkpoint_is_written_at_each_new_best_val_epoch_the_first_of_equals(every, val_top1, saved):
     """Trainer.run_epoch on stubs: ckpt/best.pt is written exactly at the epochs that the result's
-    best (the first epoch with the highest val top-1) can be at that point."""
-    val_top1 = iter([10.0, 30.0, 20.0, 30.0, 40.0])
-    saved = []
+    best (the first evaluated epoch with the highest val top-1) can be at that point."""
+    values, written = iter(val_top1), []
 
     class Stub:
         run_epoch = Trainer.run_epoch
+        cfg = from_dict(RunConfig, {"schedule": {"epochs": 5}, "log": {"eval_every": every}})
         data = type("D", (), {"val": "val loader"})()
         history, epoch, step_in_epoch = [], 0, 0
         record = type("R", (), {"epoch": lambda *a: None})()
-        checkpoint = type("C", (), {"save": lambda self, t, best=False: saved.append(best)})()
+        checkpoint = type("C", (), {"save": lambda self, t, best=False: written.append(best)})()
 
         def train_epoch(self):
             return {"loss": 1.0}
 
         def evaluate(self, loader=None):
-            top1 = next(val_top1) if loader else 50.0
+            top1 = next(values) if loader else 50.0
             return {"top1": top1, "many": None, "medium": None, "few": None}
 
     stub = Stub()
     for _ in range(5):
         stub.run_epoch()
-    assert saved == [True, True, False, False, True]
-    assert max(stub.history, key=lambda r: r["val_top1"])["epoch"] == 5
+    assert written == saved
+    assert [row.get("val_top1") for row in stub.history][every - 1::every] == val_top1[:5 // every]
+    assert max(stub.history, key=lambda r: r.get("val_top1", -1.0))["epoch"] == (5 if every == 1 else 4)
 
 
 def test_tau_norm_chooses_tau_on_the_validation_split(kang, tiny_card):
