@@ -64,15 +64,20 @@ def read_json(path: str | Path) -> dict:
 
 
 @contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
+def file_lock(path: str | Path, wait: bool = True) -> Iterator[bool]:
     """An exclusive lock on `path` (created if missing): ranks and array tasks that build the
-    same file wait for one another."""
+    same file wait for one another. With `wait` False it yields False at once, holding nothing,
+    when another process holds the lock; else True."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 

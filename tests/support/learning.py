@@ -20,7 +20,6 @@ in bf16 against 16-19 s in fp32 on an AMD EPYC. And an fp32 run ends where it en
 on two Intel CPUs, one with AMX, every fp32 mean of the contrastive test's table repeated to the
 decimal, where in bf16 supcon ended at 61.5 top-1 on one and 58.5 on the other (under its margin).
 """
-import fcntl
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 from harness.config import RunConfig, from_dict, signature
-from harness.files import read_json
+from harness.files import file_lock, read_json
 from harness.grid.validate import validate
 from harness.metrics import METRICS
 from harness.run.trainer import Trainer
@@ -95,11 +94,8 @@ def train_final(cfg: RunConfig, wait: bool = True) -> dict | None:
     second stage finds its first. Every worker of the session shares that folder: the first to ask
     trains the run and the others read its result. With `wait` False, None while another trains it."""
     folder = Path(cfg.data.dataset).parent / "runs" / signature(cfg)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f"{folder.name}.lock", "a") as lock:  # released when closed
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
+    with file_lock(folder.parent / f"{folder.name}.lock", wait) as held:
+        if not held:
             return None
         if not (folder / "result.json").is_file():
             validate(cfg)

@@ -6,7 +6,7 @@ import pytest
 
 from harness.cli.sweep import main as main_sweep
 from harness.data.readers import class_folder, open_source
-from harness.files import check_name
+from harness.files import check_name, file_lock
 from harness.generate.job import read_job
 from harness.grid import load_grid
 from harness.registry import ConfigError
@@ -85,3 +85,12 @@ def test_signatures_on_the_command_line_are_checked(tmp_path, capsys, flag, valu
     assert main_sweep([str(grid), flag, value, "--dry-run", "--runs", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_file_lock_without_waiting_reports_that_another_holds_it(tmp_path):
+    lock = tmp_path / "sub" / "x.lock"
+    with file_lock(lock) as held:
+        with file_lock(lock, wait=False) as second:  # another open file: flock sees another holder
+            assert held and not second
+    with file_lock(lock, wait=False) as free:
+        assert free
